@@ -1,0 +1,79 @@
+"""The Step1X-Edit DiT: connector + FLUX-style double/single stream blocks (SPEC.md §5).
+
+Official ``modules/model_edit.py`` ``Step1XEdit``. Parameter names equal the checkpoint keys.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .attention import embed_positions
+from .connector import Qwen2Connector
+from .layers import DoubleStreamBlock, LastLayer, MLPEmbedder, SingleStreamBlock, timestep_embedding
+from .params import TIME_EMBED_DIM, Step1XParams
+
+
+class Step1XEdit(nn.Module):
+    """``forward(img [B, N_img, 64], img_ids [B, N_img, 3], txt_ids [B, L, 3], timesteps [B],
+    llm_embedding [B, L, D], t_vec [B], mask [B, L])`` → prediction ``[B, N_img, 64]``.
+
+    For an edit ``N_img = 2N`` (noisy tokens then reference tokens) and the sampler keeps the first N;
+    for text-to-image ``N_img = N``.
+    """
+
+    def __init__(self, params: Step1XParams, dtype=None, device=None, operations=nn):
+        super().__init__()
+        p = params.dit
+        if p.hidden_size % p.num_heads:
+            raise ValueError(f"hidden size {p.hidden_size} is not divisible by {p.num_heads} heads")
+        if sum(p.axes_dim) != p.head_dim:
+            raise ValueError(f"RoPE axes {p.axes_dim} must sum to the head dim {p.head_dim}")
+        self.params = params
+        kw = dict(dtype=dtype, device=device, operations=operations)
+        self.img_in = operations.Linear(p.in_channels, p.hidden_size, bias=True, dtype=dtype, device=device)
+        self.time_in = MLPEmbedder(TIME_EMBED_DIM, p.hidden_size, **kw)
+        self.vector_in = MLPEmbedder(p.vec_in_dim, p.hidden_size, **kw)
+        self.txt_in = operations.Linear(p.context_in_dim, p.hidden_size, bias=True, dtype=dtype, device=device)
+        self.double_blocks = nn.ModuleList(
+            DoubleStreamBlock(p.hidden_size, p.num_heads, p.mlp_ratio, p.qkv_bias, **kw) for _ in range(p.depth)
+        )
+        self.single_blocks = nn.ModuleList(
+            SingleStreamBlock(p.hidden_size, p.num_heads, p.mlp_ratio, **kw) for _ in range(p.depth_single_blocks)
+        )
+        self.final_layer = LastLayer(p.hidden_size, p.out_channels, **kw)
+        self.connector = Qwen2Connector(params.connector, params.switches.connector_scale_factor, **kw)
+
+    def embed(
+        self, timesteps: Tensor, llm_embedding: Tensor, t_vec: Tensor, mask: Tensor, dtype: torch.dtype
+    ) -> tuple[Tensor, Tensor]:
+        """Connector and embeddings: ``(txt [B, L, H], vec [B, H])`` in ``dtype``."""
+        txt, y = self.connector(llm_embedding.to(dtype), t_vec.to(dtype), mask)
+        vec = self.time_in(timestep_embedding(timesteps.to(dtype), TIME_EMBED_DIM)) + self.vector_in(y)
+        return self.txt_in(txt), vec
+
+    def positions(self, txt_ids: Tensor, img_ids: Tensor) -> Tensor:
+        p = self.params.dit
+        return embed_positions(torch.cat((txt_ids, img_ids), dim=1), p.axes_dim, p.theta)
+
+    def blocks(self, img: Tensor, txt: Tensor, vec: Tensor, pe: Tensor) -> Tensor:
+        """The 19 + 38 blocks and the final layer: image tokens ``[B, N_img, H]`` → ``[B, N_img, 64]``."""
+        for block in self.double_blocks:
+            img, txt = block(img, txt, vec, pe)
+        x = torch.cat((txt, img), dim=1)
+        for block in self.single_blocks:
+            x = block(x, vec, pe)
+        return self.final_layer(x[:, txt.shape[1] :], vec)
+
+    def forward(
+        self,
+        img: Tensor,
+        img_ids: Tensor,
+        txt_ids: Tensor,
+        timesteps: Tensor,
+        llm_embedding: Tensor,
+        t_vec: Tensor,
+        mask: Tensor,
+    ) -> Tensor:
+        dtype = img.dtype
+        txt, vec = self.embed(timesteps, llm_embedding, t_vec, mask, dtype)
+        return self.blocks(self.img_in(img), txt, vec, self.positions(txt_ids, img_ids))

@@ -1,0 +1,180 @@
+"""DiT building blocks (official ``modules/layers.py``; SPEC.md §5.1–§5.5).
+
+Every layer takes ``dtype``, ``device`` and ``operations`` (default ``torch.nn``) like ComfyUI's
+``comfy/ldm/flux``, so ComfyUI can hand in ``comfy.ops`` for fp8 storage and low-VRAM streaming.
+Parameter names equal the official checkpoint keys. Shapes: B batch, S joint length, H hidden.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from .attention import attention
+
+NORM_EPS = 1e-6  # every norm in the official model (SPEC.md §1)
+TIME_FACTOR = 1000.0  # t ∈ [0, 1] is scaled to [0, 1000] before the sinusoid (SPEC.md §5.1)
+MAX_PERIOD = 10_000
+
+
+def timestep_embedding(t: Tensor, dim: int, time_factor: float = TIME_FACTOR) -> Tensor:
+    """Sinusoid ``[cos(u·f), sin(u·f)]``, ``u = time_factor·t``, ``f_k = exp(−ln(10000)·k/(dim/2))``.
+
+    ``t [B]`` → ``[B, dim]`` in float32 arithmetic, returned in ``t``'s dtype (SPEC.md §5.1).
+    """
+    t = time_factor * t
+    half = dim // 2
+    freqs = torch.exp(-math.log(MAX_PERIOD) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t[:, None].float() * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    return emb.to(t.dtype) if torch.is_floating_point(t) else emb
+
+
+def layer_norm_f32(x: Tensor) -> Tensor:
+    """Parameter-free LayerNorm computed in float32 (autocast does the same in the official run)."""
+    return F.layer_norm(x.float(), (x.shape[-1],), eps=NORM_EPS)
+
+
+def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    """``(1 + scale) ⊙ LN(x) + shift`` in float32, cast back to the stream dtype for the next Linear."""
+    return ((1 + scale.float()) * layer_norm_f32(x) + shift.float()).to(x.dtype)
+
+
+class MLPEmbedder(nn.Module):
+    def __init__(self, in_dim: int, hidden_dim: int, dtype=None, device=None, operations=nn):
+        super().__init__()
+        self.in_layer = operations.Linear(in_dim, hidden_dim, bias=True, dtype=dtype, device=device)
+        self.out_layer = operations.Linear(hidden_dim, hidden_dim, bias=True, dtype=dtype, device=device)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out_layer(F.silu(self.in_layer(x)))
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm with liger's "gemma" casting: all in float32, weight used as is (SPEC.md §5.2)."""
+
+    def __init__(self, dim: int, dtype=None, device=None):
+        super().__init__()
+        self.scale = nn.Parameter(torch.empty(dim, dtype=dtype, device=device))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x32 = x.float()
+        weight = self.scale.to(device=x.device, dtype=x.dtype).float()
+        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + NORM_EPS) * weight).to(x.dtype)
+
+
+class QKNorm(nn.Module):
+    def __init__(self, dim: int, dtype=None, device=None):
+        super().__init__()
+        self.query_norm = RMSNorm(dim, dtype=dtype, device=device)
+        self.key_norm = RMSNorm(dim, dtype=dtype, device=device)
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        return self.query_norm(q).to(v), self.key_norm(k).to(v)
+
+
+class SelfAttention(nn.Module):
+    """Holds the qkv / norm / proj weights of one stream; the attention itself is joint."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool, dtype=None, device=None, operations=nn):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = operations.Linear(dim, dim * 3, bias=qkv_bias, dtype=dtype, device=device)
+        self.norm = QKNorm(dim // num_heads, dtype=dtype, device=device)
+        self.proj = operations.Linear(dim, dim, dtype=dtype, device=device)
+
+    def qkv_heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``x [B, S, H]`` → normed q, k and v, each ``[B, heads, S, d]`` (feature f = s·H + head·d + e)."""
+        q, k, v = rearrange(self.qkv(x), "b s (k h d) -> k b h s d", k=3, h=self.num_heads)
+        q, k = self.norm(q, k, v)
+        return q, k, v
+
+
+class Modulation(nn.Module):
+    """``lin(SiLU(vec))`` split into (shift, scale, gate) × (2 if double else 1), each ``[B, 1, H]``."""
+
+    def __init__(self, dim: int, double: bool, dtype=None, device=None, operations=nn):
+        super().__init__()
+        self.multiplier = 6 if double else 3
+        self.lin = operations.Linear(dim, self.multiplier * dim, bias=True, dtype=dtype, device=device)
+
+    def forward(self, vec: Tensor) -> tuple[Tensor, ...]:
+        return self.lin(F.silu(vec))[:, None, :].chunk(self.multiplier, dim=-1)
+
+
+def _mlp(hidden: int, mlp_hidden: int, dtype, device, operations) -> nn.Sequential:
+    return nn.Sequential(
+        operations.Linear(hidden, mlp_hidden, bias=True, dtype=dtype, device=device),
+        nn.GELU(approximate="tanh"),
+        operations.Linear(mlp_hidden, hidden, bias=True, dtype=dtype, device=device),
+    )
+
+
+class DoubleStreamBlock(nn.Module):
+    """Separate weights for the image and text streams, one joint attention (text first)."""
+
+    def __init__(self, hidden: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, dtype=None, device=None, operations=nn):
+        super().__init__()
+        mlp_hidden = int(hidden * mlp_ratio)
+        kw = dict(dtype=dtype, device=device, operations=operations)
+        self.img_mod = Modulation(hidden, double=True, **kw)
+        self.img_attn = SelfAttention(hidden, num_heads, qkv_bias, **kw)
+        self.img_mlp = _mlp(hidden, mlp_hidden, dtype, device, operations)
+        self.txt_mod = Modulation(hidden, double=True, **kw)
+        self.txt_attn = SelfAttention(hidden, num_heads, qkv_bias, **kw)
+        self.txt_mlp = _mlp(hidden, mlp_hidden, dtype, device, operations)
+
+    def forward(self, img: Tensor, txt: Tensor, vec: Tensor, pe: Tensor) -> tuple[Tensor, Tensor]:
+        img_shift1, img_scale1, img_gate1, img_shift2, img_scale2, img_gate2 = self.img_mod(vec)
+        txt_shift1, txt_scale1, txt_gate1, txt_shift2, txt_scale2, txt_gate2 = self.txt_mod(vec)
+        img_q, img_k, img_v = self.img_attn.qkv_heads(modulate(img, img_shift1, img_scale1))
+        txt_q, txt_k, txt_v = self.txt_attn.qkv_heads(modulate(txt, txt_shift1, txt_scale1))
+        attn = attention(
+            torch.cat((txt_q, img_q), dim=2), torch.cat((txt_k, img_k), dim=2), torch.cat((txt_v, img_v), dim=2), pe
+        )
+        txt_len = txt.shape[1]
+        txt_attn, img_attn = attn[:, :txt_len], attn[:, txt_len:]
+        img = img + img_gate1 * self.img_attn.proj(img_attn)
+        img = img + img_gate2 * self.img_mlp(modulate(img, img_shift2, img_scale2))
+        txt = txt + txt_gate1 * self.txt_attn.proj(txt_attn)
+        txt = txt + txt_gate2 * self.txt_mlp(modulate(txt, txt_shift2, txt_scale2))
+        return img, txt
+
+
+class SingleStreamBlock(nn.Module):
+    """One stream over ``[txt; img]``: ``linear1`` gives qkv and the MLP input in one matmul."""
+
+    def __init__(self, hidden: int, num_heads: int, mlp_ratio: float, dtype=None, device=None, operations=nn):
+        super().__init__()
+        self.hidden = hidden
+        self.num_heads = num_heads
+        self.mlp_hidden = int(hidden * mlp_ratio)
+        self.linear1 = operations.Linear(hidden, hidden * 3 + self.mlp_hidden, dtype=dtype, device=device)
+        self.linear2 = operations.Linear(hidden + self.mlp_hidden, hidden, dtype=dtype, device=device)
+        self.norm = QKNorm(hidden // num_heads, dtype=dtype, device=device)
+        self.mlp_act = nn.GELU(approximate="tanh")
+        self.modulation = Modulation(hidden, double=False, dtype=dtype, device=device, operations=operations)
+
+    def forward(self, x: Tensor, vec: Tensor, pe: Tensor) -> Tensor:
+        shift, scale, gate = self.modulation(vec)
+        qkv, mlp = torch.split(self.linear1(modulate(x, shift, scale)), [3 * self.hidden, self.mlp_hidden], dim=-1)
+        q, k, v = rearrange(qkv, "b s (k h d) -> k b h s d", k=3, h=self.num_heads)
+        q, k = self.norm(q, k, v)
+        attn = attention(q, k, v, pe)
+        return x + gate * self.linear2(torch.cat((attn, self.mlp_act(mlp)), dim=2))
+
+
+class LastLayer(nn.Module):
+    def __init__(self, hidden: int, out_channels: int, dtype=None, device=None, operations=nn):
+        super().__init__()
+        self.linear = operations.Linear(hidden, out_channels, bias=True, dtype=dtype, device=device)
+        self.adaLN_modulation = nn.Sequential(
+            nn.SiLU(), operations.Linear(hidden, 2 * hidden, bias=True, dtype=dtype, device=device)
+        )
+
+    def forward(self, x: Tensor, vec: Tensor) -> Tensor:
+        shift, scale = self.adaLN_modulation(vec)[:, None, :].chunk(2, dim=-1)
+        return self.linear(modulate(x, shift, scale))

@@ -1,0 +1,171 @@
+"""Hyperparameters of the Step1X-Edit DiT and connector, presets, and detection from a state dict.
+
+Spec: SPEC.md §1 (full-size values), §2 (how the config follows from key names and shapes),
+§12.1 / §12.3 (what tells v1.1 from v1.0). A version is data: :class:`VersionSwitches` holds the
+few behavioural differences, the network is the same.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+# Not stored in the checkpoint (SPEC.md §2): RoPE axes widths and base of the full model.
+FULL_SIZE_AXES_DIM = (16, 56, 56)
+ROPE_THETA = 10_000
+# Widths fixed by the official classes (SPEC.md §1): time-embedding features and pooled vector.
+TIME_EMBED_DIM = 256
+POOLED_DIM = 768
+# Connector heads are not inferable from shapes; the full connector has head dim 128 (SPEC.md §2).
+CONNECTOR_HEAD_DIM = 128
+
+# Key that marks a v1.0 checkpoint: v1.1 dropped the pooled-vector scale factor (SPEC.md §12.3).
+V10_ONLY_KEY = "connector.scale_factor"
+# Keys that identify a Step1X-Edit DiT in the official single-file layout (SPEC.md §2).
+IDENTIFYING_KEYS = ("connector.S.input_embedder.weight", "double_blocks.0.img_attn.qkv.weight")
+
+
+@dataclass(frozen=True)
+class DiTParams:
+    """The ``Step1XParams`` fields of the official ``modules/model_edit.py``."""
+
+    in_channels: int = 64
+    out_channels: int = 64
+    vec_in_dim: int = POOLED_DIM
+    context_in_dim: int = 4096
+    hidden_size: int = 3072
+    mlp_ratio: float = 4.0
+    num_heads: int = 24
+    depth: int = 19
+    depth_single_blocks: int = 38
+    axes_dim: tuple[int, ...] = FULL_SIZE_AXES_DIM
+    theta: int = ROPE_THETA
+    qkv_bias: bool = True
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def mlp_hidden(self) -> int:
+        return int(self.hidden_size * self.mlp_ratio)
+
+
+@dataclass(frozen=True)
+class ConnectorParams:
+    """``Qwen2Connector`` sizes: VLM width in, refiner width out (= DiT ``context_in_dim``)."""
+
+    in_channels: int = 3584
+    hidden_size: int = 4096
+    heads_num: int = 32
+    depth: int = 2
+    mlp_ratio: float = 4.0
+
+
+@dataclass(frozen=True)
+class VersionSwitches:
+    """Everything that differs between releases that share the network (SPEC.md §12.1).
+
+    connector_scale_factor: pooled vector is ``global_proj_out(x̄·(1+s))`` (v1.0) or ``global_proj_out(x̄)``.
+    ref_id_offset: reference tokens get ids ``(o, r+o, c+o)``; 0 in v1.0, 1 in v1.1.
+    renorm_threshold: the release's default for norm-rescaled CFG, used on steps with ``t > threshold``;
+        1.0 never triggers (v1.0), 0.93 is the v1.1 pipeline.
+    supports_text_to_image: v1.1 added generation without a reference image (SPEC.md §12.4).
+    """
+
+    connector_scale_factor: bool
+    ref_id_offset: float
+    renorm_threshold: float
+    supports_text_to_image: bool
+
+
+VERSIONS: dict[str, VersionSwitches] = {
+    "v1.0": VersionSwitches(True, 0.0, 1.0, False),
+    "v1.1": VersionSwitches(False, 1.0, 0.93, True),
+}
+
+
+@dataclass(frozen=True)
+class Step1XParams:
+    dit: DiTParams = field(default_factory=DiTParams)
+    connector: ConnectorParams = field(default_factory=ConnectorParams)
+    version: str = "v1.1"
+
+    @property
+    def switches(self) -> VersionSwitches:
+        return VERSIONS[self.version]
+
+
+FULL_SIZE = {version: Step1XParams(version=version) for version in VERSIONS}
+
+
+def params_from_config(config: Mapping, version: str) -> Step1XParams:
+    """Build params from a manifest-style config: ``{"dit": {...}, "connector": {...}}``."""
+    dit = dict(config["dit"])
+    dit["axes_dim"] = tuple(dit["axes_dim"])
+    return Step1XParams(DiTParams(**dit), ConnectorParams(**config["connector"]), version)
+
+
+def _block_count(shapes: Mapping[str, Sequence[int]], prefix: str) -> int:
+    pattern = re.compile(re.escape(prefix) + r"\.(\d+)\.")
+    indices = {int(m.group(1)) for key in shapes if (m := pattern.match(key))}
+    return max(indices) + 1 if indices else 0
+
+
+def detect_params(
+    shapes: Mapping[str, Sequence[int]],
+    connector_heads: int | None = None,
+    axes_dim: Sequence[int] | None = None,
+    theta: int = ROPE_THETA,
+) -> Step1XParams:
+    """Infer the configuration from official-layout key names and shapes (SPEC.md §2).
+
+    ``shapes`` maps key → shape (no prefix). ``connector_heads`` and ``axes_dim`` are not in the
+    file: by default the connector gets head dim 128 and the RoPE axes are the full model's
+    ``(16, 56, 56)`` scaled to the detected head dim.
+    """
+    hidden = shapes["img_in.weight"][0]
+    head_dim = shapes["double_blocks.0.img_attn.norm.query_norm.scale"][0]
+    if axes_dim is None:
+        axes_dim = FULL_SIZE_AXES_DIM if head_dim == sum(FULL_SIZE_AXES_DIM) else _default_axes(head_dim)
+    connector_hidden, connector_in = shapes["connector.S.input_embedder.weight"]
+    if connector_heads is None:
+        connector_heads = max(1, connector_hidden // CONNECTOR_HEAD_DIM)
+    dit = DiTParams(
+        in_channels=shapes["img_in.weight"][1],
+        out_channels=shapes["final_layer.linear.weight"][0],
+        vec_in_dim=shapes["vector_in.in_layer.weight"][1],
+        context_in_dim=shapes["txt_in.weight"][1],
+        hidden_size=hidden,
+        mlp_ratio=shapes["double_blocks.0.img_mlp.0.weight"][0] / hidden,
+        num_heads=hidden // head_dim,
+        depth=_block_count(shapes, "double_blocks"),
+        depth_single_blocks=_block_count(shapes, "single_blocks"),
+        axes_dim=tuple(axes_dim),
+        theta=theta,
+        qkv_bias="double_blocks.0.img_attn.qkv.bias" in shapes,
+    )
+    refiner_mlp = shapes["connector.S.individual_token_refiner.blocks.0.mlp.fc1.weight"][0]
+    connector = ConnectorParams(
+        in_channels=connector_in,
+        hidden_size=connector_hidden,
+        heads_num=connector_heads,
+        depth=_block_count(shapes, "connector.S.individual_token_refiner.blocks"),
+        mlp_ratio=refiner_mlp / connector_hidden,
+    )
+    version = "v1.0" if V10_ONLY_KEY in shapes else "v1.1"
+    return Step1XParams(dit, connector, version)
+
+
+def _default_axes(head_dim: int) -> tuple[int, int, int]:
+    """Split a non-standard head dim like the full model (1/8 time axis, the rest split evenly, even widths)."""
+    first = max(2, (head_dim // 8) // 2 * 2)
+    rest = head_dim - first
+    second = rest // 2 // 2 * 2
+    return (first, second, rest - second)
+
+
+def with_version(params: Step1XParams, version: str) -> Step1XParams:
+    if version not in VERSIONS:
+        raise ValueError(f"unknown Step1X-Edit version {version!r}; known: {', '.join(VERSIONS)}")
+    return replace(params, version=version)

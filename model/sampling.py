@@ -1,0 +1,176 @@
+"""Sampling as plain functions (official ``inference.py`` / ``sampling.py``; SPEC.md §6, §12.2, §12.4).
+
+Sizing rule, 2×2 latent packing, position ids, the shifted schedule, seeded noise, and the one
+Euler loop with cond+uncond batched CFG. Latents here are already in the model's scaling
+(``0.3611·(z − 0.1159)``); the caller converts from/to raw VAE latents.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from einops import rearrange
+from torch import Tensor
+
+LATENT_CHANNELS = 16
+PATCH = 2  # 2×2 latent pixels per token (SPEC.md §6.4)
+VAE_DOWNSCALE = 8
+PIXELS_PER_TOKEN = VAE_DOWNSCALE * PATCH  # sides must be multiples of 16
+# get_schedule's shift line through (256 tokens, 0.5) and (4096 tokens, 1.15) (official sampling.py).
+BASE_SHIFT, MAX_SHIFT = 0.5, 1.15
+BASE_SEQ_LEN, MAX_SEQ_LEN = 256, 4096
+# Norm-rescaled CFG (SPEC.md §12.2): guidance divided by ‖c − u‖^0.4 for tokens whose norm exceeds 1.
+RENORM_EXPONENT = 0.4
+RENORM_MIN_NORM = 1.0
+RENORM_OFF = 1.0  # t never exceeds 1, so this threshold switches the rule off (v1.0)
+
+
+def size_for_level(width: int, height: int, size_level: int) -> tuple[int, int]:
+    """Area-preserving resize target with sides floored to multiples of 16 (SPEC.md §6.1).
+
+    Raises ``ValueError`` when a side rounds to 0 (extreme aspect ratios), which the official code
+    only reports as a PIL failure.
+    """
+    ratio = width / height
+    if width > height:
+        new_w = math.ceil(math.sqrt(size_level * size_level * ratio))
+        new_h = math.ceil(new_w / ratio)
+    else:
+        new_h = math.ceil(math.sqrt(size_level * size_level / ratio))
+        new_w = math.ceil(new_h * ratio)
+    new_w = new_w // PIXELS_PER_TOKEN * PIXELS_PER_TOKEN
+    new_h = new_h // PIXELS_PER_TOKEN * PIXELS_PER_TOKEN
+    if new_w == 0 or new_h == 0:
+        raise ValueError(
+            f"a {width}×{height} image at size level {size_level} resizes to {new_w}×{new_h}: the aspect ratio "
+            f"is too extreme. Crop the image closer to square or raise the size level."
+        )
+    return new_w, new_h
+
+
+def pack_latent(z: Tensor) -> Tensor:
+    """``[B, 16, h, w]`` → ``[B, (h/2)(w/2), 64]``: token ``r·(w/2) + c``, feature ``ch·4 + dy·2 + dx``."""
+    return rearrange(z, "b c (h ph) (w pw) -> b (h w) (c ph pw)", ph=PATCH, pw=PATCH)
+
+
+def unpack_latent(x: Tensor, latent_h: int, latent_w: int) -> Tensor:
+    """``[B, N, 64]`` → ``[B, 16, latent_h, latent_w]`` (inverse of :func:`pack_latent`)."""
+    return rearrange(
+        x, "b (h w) (c ph pw) -> b c (h ph) (w pw)", h=math.ceil(latent_h / PATCH), w=math.ceil(latent_w / PATCH),
+        ph=PATCH, pw=PATCH,
+    )
+
+
+def image_ids(latent_h: int, latent_w: int, offset: float = 0.0, device=None) -> Tensor:
+    """Token ids ``[N, 3]`` float32: ``(o, r + o, c + o)`` in token order (SPEC.md §6.4, §12.1 #3)."""
+    rows, cols = latent_h // PATCH, latent_w // PATCH
+    ids = torch.full((rows, cols, 3), float(offset), dtype=torch.float32, device=device)
+    ids[..., 1] += torch.arange(rows, dtype=torch.float32, device=device)[:, None]
+    ids[..., 2] += torch.arange(cols, dtype=torch.float32, device=device)[None, :]
+    return ids.reshape(rows * cols, 3)
+
+
+def schedule_shift(image_seq_len: int) -> float:
+    """μ on the line through (256, 0.5) and (4096, 1.15), extrapolated outside (SPEC.md §6.3)."""
+    slope = (MAX_SHIFT - BASE_SHIFT) / (MAX_SEQ_LEN - BASE_SEQ_LEN)
+    return slope * image_seq_len + (BASE_SHIFT - slope * BASE_SEQ_LEN)
+
+
+def get_schedule(num_steps: int, image_seq_len: int, shift: bool = True) -> Tensor:
+    """``num_steps + 1`` times from 1 to 0 in float32; ``image_seq_len`` counts NOISE tokens only.
+
+    Same float32 tensor arithmetic as the official ``get_schedule`` (bit-exact).
+    """
+    t = torch.linspace(1, 0, num_steps + 1)
+    if shift:
+        e_mu = math.exp(schedule_shift(image_seq_len))
+        t = e_mu / (e_mu + (1 / t - 1))
+    return t
+
+
+def make_noise(seed: int, batch: int, latent_h: int, latent_w: int) -> Tensor:
+    """Float32 noise ``[B, 16, h, w]`` from a CPU generator: one seed, the same noise on any device."""
+    generator = torch.Generator("cpu").manual_seed(seed)
+    return torch.randn((batch, LATENT_CHANNELS, latent_h, latent_w), generator=generator, dtype=torch.float32)
+
+
+def guided_velocity(cond: Tensor, uncond: Tensor, cfg: float, renormalise: bool) -> Tensor:
+    """CFG; when ``renormalise``, the guidance of tokens with ``n = ‖c − u‖ > 1`` is divided by ``n^0.4``."""
+    diff = cond - uncond
+    if renormalise:
+        norm = torch.linalg.vector_norm(diff, dim=-1, keepdim=True)
+        divisor = torch.where(norm > RENORM_MIN_NORM, norm.pow(RENORM_EXPONENT), torch.ones_like(norm))
+        diff = diff / divisor
+    return uncond + cfg * diff
+
+
+StepCallback = Callable[[int, int, Tensor, Tensor], None]
+"""``callback(step, total, x, x0)`` after each step; ``x`` / ``x0`` are packed tokens ``[B, N, 64]``
+(the new latent and the data estimate of that step)."""
+
+
+@dataclass(frozen=True)
+class SamplingInputs:
+    """What one edit (or text-to-image) run needs, all for B images.
+
+    noise: ``[B, 16, h, w]``; ref_latent: ``[B, 16, h, w]`` or None (text-to-image);
+    cond / uncond: VLM embeddings ``[B, L, D]`` with masks ``[B, L]``; timesteps: ``get_schedule`` output.
+    """
+
+    noise: Tensor
+    ref_latent: Tensor | None
+    cond: Tensor
+    cond_mask: Tensor
+    uncond: Tensor
+    uncond_mask: Tensor
+    timesteps: Tensor
+
+
+def sample(
+    model,
+    inputs: SamplingInputs,
+    cfg: float,
+    renorm_threshold: float,
+    ref_id_offset: float,
+    compute_dtype: torch.dtype,
+    device: torch.device,
+    callback: StepCallback | None = None,
+) -> Tensor:
+    """Flow-matching Euler loop with cond+uncond batched CFG → final latent ``[B, 16, h, w]`` float32.
+
+    The model is called on the CFG batch ``[cond_0..cond_{B-1}, uncond_0..uncond_{B-1}]`` of
+    ``[noisy tokens; reference tokens]``; only the first N outputs (the noisy half) are used.
+    ``device`` is where the activations live (the model's load device). Positions are computed once,
+    the model input buffer is allocated once; the loop itself does not synchronise with the host.
+    """
+    batch, _, latent_h, latent_w = inputs.noise.shape
+    x = pack_latent(inputs.noise.to(device=device, dtype=torch.float32))
+    n_noise = x.shape[1]
+    ids = image_ids(latent_h, latent_w, device=device)
+    buffer_parts = [x.repeat(2, 1, 1).to(compute_dtype)]
+    if inputs.ref_latent is not None:
+        ref = pack_latent(inputs.ref_latent).to(device=device, dtype=compute_dtype)
+        buffer_parts.append(ref.repeat(2, 1, 1))
+        ids = torch.cat((ids, image_ids(latent_h, latent_w, ref_id_offset, device=device)))
+    model_input = torch.cat(buffer_parts, dim=1)
+    llm_embedding = torch.cat((inputs.cond, inputs.uncond)).to(device)
+    mask = torch.cat((inputs.cond_mask, inputs.uncond_mask)).to(device)
+    txt_ids = torch.zeros((1, llm_embedding.shape[1], 3), dtype=torch.float32, device=device)
+    pe = model.positions(txt_ids, ids[None])
+    times = inputs.timesteps.tolist()
+    t_batch = torch.empty(2 * batch, dtype=compute_dtype, device=device)
+    total = len(times) - 1
+    for step, (t_curr, t_next) in enumerate(zip(times[:-1], times[1:])):
+        model_input[:batch, :n_noise].copy_(x)
+        model_input[batch:, :n_noise].copy_(x)
+        t_batch.fill_(t_curr)
+        txt, vec = model.embed(t_batch, llm_embedding, t_batch, mask, compute_dtype)
+        pred = model.blocks(model.img_in(model_input), txt, vec, pe)[:, :n_noise].float()
+        velocity = guided_velocity(pred[:batch], pred[batch:], cfg, renormalise=t_curr > renorm_threshold)
+        x0 = x - t_curr * velocity
+        x = x + (t_next - t_curr) * velocity
+        if callback is not None:
+            callback(step, total, x, x0)
+    return unpack_latent(x, latent_h, latent_w)

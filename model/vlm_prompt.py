@@ -1,0 +1,214 @@
+"""Step1X-Edit's Qwen2.5-VL prompt: template, quote splitting, token ids, positions, drop/pad/mask.
+
+Pure Python + torch (no ComfyUI, no transformers), so both encoder routes and the tests share one
+definition. Specification: ``spec/VLM.md`` §1 (template), §3 (quote splitting and id merge),
+§4 (id-0 padding and M-RoPE positions), §5 (drop, truncate, pad, mask). "Official" below means
+stepfun-ai/Step1X-Edit ``modules/conditioner.py`` (``Qwen25VL_7b_Embedder``).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+# Fixed instruction-rewriting prefix, official ``Qwen25VL_7b_PREFIX`` (1,058 characters).
+STEP1X_PREFIX = (
+    'Given a user prompt, generate an "Enhanced prompt" that provides detailed visual descriptions '
+    "suitable for image generation. Evaluate the level of detail in the user prompt:\n"
+    "- If the prompt is simple, focus on adding specifics about colors, shapes, sizes, textures, and "
+    "spatial relationships to create vivid and concrete scenes.\n"
+    "- If the prompt is already detailed, refine and enhance the existing details slightly without "
+    "overcomplicating.\n\n"
+    "Here are examples of how to transform or refine prompts:\n"
+    "- User Prompt: A cat sleeping -> Enhanced: A small, fluffy white cat curled up in a round shape, "
+    "sleeping peacefully on a warm sunny windowsill, surrounded by pots of blooming red flowers.\n"
+    "- User Prompt: A busy city street -> Enhanced: A bustling city street scene at dusk, featuring "
+    "glowing street lamps, a diverse crowd of people in colorful clothing, and a double-decker bus "
+    "passing by towering glass skyscrapers.\n\n"
+    "Please generate only the enhanced description for the prompt below and avoid including any "
+    "additional commentary or evaluations:\n"
+    "User Prompt:"
+)
+
+# Qwen2.5-VL chat template with its default system message and the generation prompt (VLM.md §1).
+TEMPLATE_HEAD = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+IMAGE_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
+TEMPLATE_TAIL = "<|im_end|>\n<|im_start|>assistant\n"
+
+# Qwen2.5-VL special ids (tokenizer_config.json of Qwen2.5-VL-7B-Instruct).
+VISION_START_ID = 151652
+VISION_END_ID = 151653
+IMAGE_PAD_ID = 151655
+# Id 0 is "!": the official mask ``ids > 0`` treats a free-standing "!" as padding (VLM.md §4).
+PADDING_ID = 0
+
+# Quote splitting, official ``split_string``: only quotes past this character index toggle; the
+# prefix's own quotes sit at 108 and 124 of the full template string.
+QUOTE_INDEX_THRESHOLD = 155
+QUOTE_CHARACTERS_REPLACED = ("“", "”", "'")  # all become '"' before the walk
+OPEN_QUOTE_ID = 2073  # "“", stripped from a piece's ids together with ...
+CLOSE_QUOTE_ID = 854  # ... "”", only when both are present (official ``forward``)
+
+# Official ``forward``: ``emb[0, 217:][:max_length]`` with ``max_length=640``.
+DROPPED_TOKENS = 217  # 14-token header + 204-token prefix - 1: keeps the prefix's final ":" token
+MAX_LENGTH = 640
+
+
+def build_template(instruction: str, prefix: str = STEP1X_PREFIX) -> str:
+    """The full chat string of VLM.md §1 (concatenation, not ``str.format``: braces are legal)."""
+    return TEMPLATE_HEAD + prefix + IMAGE_PLACEHOLDER + instruction + TEMPLATE_TAIL
+
+
+def split_quoted(text: str) -> list[str]:
+    """Official ``split_string``: text pieces, with every character inside quotes its own ``“c”``.
+
+    Indices count in ``text`` (the whole template). An opening quote ends the current piece (and
+    belongs to it); a closing quote starts the next one. An odd number of quotes leaves the walk
+    "inside quotes" to the end, so the template tail is split per character too.
+    """
+    for quote in QUOTE_CHARACTERS_REPLACED:
+        text = text.replace(quote, '"')
+    pieces: list[str] = []
+    in_quotes = False
+    current = ""
+    for index, char in enumerate(text):
+        if char == '"' and index > QUOTE_INDEX_THRESHOLD:
+            current += char
+            if not in_quotes:
+                pieces.append(current)
+                current = ""
+            in_quotes = not in_quotes
+        elif in_quotes:
+            pieces.append("“" + char + "”")
+        else:
+            current += char
+    if current:
+        pieces.append(current)
+    return pieces
+
+
+def strip_piece_quotes(ids: Sequence[int]) -> list[int]:
+    """Drop the wrapping ``“``/``”`` ids of one piece, only if it starts AND ends with them."""
+    ids = list(ids)
+    if ids and ids[0] == OPEN_QUOTE_ID and ids[-1] == CLOSE_QUOTE_ID:
+        return ids[1:-1]
+    return ids
+
+
+def merge_plain_and_split_ids(plain_ids: Sequence[int], split_ids: Sequence[int]) -> list[int]:
+    """``plain_ids`` up to (excluding) its first ``<|vision_end|>`` + ``split_ids`` from its first on."""
+    plain_ids, split_ids = list(plain_ids), list(split_ids)
+    for name, ids in (("plain", plain_ids), ("quote-split", split_ids)):
+        if VISION_END_ID not in ids:
+            raise ValueError(f"the {name} token ids have no <|vision_end|> ({VISION_END_ID}): "
+                             "the tokenizer is not Qwen2.5-VL's")
+    return plain_ids[: plain_ids.index(VISION_END_ID)] + split_ids[split_ids.index(VISION_END_ID):]
+
+
+@dataclass(frozen=True)
+class Step1XTokens:
+    """Token ids of one prompt row, with the image as the single ``<|image_pad|>`` id."""
+
+    template: str
+    pieces: list[str]
+    piece_ids: list[list[int]]  # raw ids of each piece, before quote stripping
+    ids: list[int]  # final ids (VLM.md §3 step 4), one IMAGE_PAD_ID for the whole image
+
+    @property
+    def image_index(self) -> int:
+        return self.ids.index(IMAGE_PAD_ID)
+
+
+def tokenize_step1x(tokenize: Callable[[str], list[int]], instruction: str,
+                    prefix: str = STEP1X_PREFIX) -> Step1XTokens:
+    """Ids of VLM.md §3 from a tokenizer callable that adds no special tokens (Qwen2's does not).
+
+    ``tokenize`` must leave ``<|image_pad|>`` a single id; the caller expands it to the image size
+    (:func:`expand_image_pad`).
+    """
+    template = build_template(instruction, prefix)
+    plain = tokenize(template)
+    pieces = split_quoted(template)
+    piece_ids = [list(tokenize(piece)) for piece in pieces]
+    split = [i for ids in piece_ids for i in strip_piece_quotes(ids)]
+    ids = merge_plain_and_split_ids(plain, split)
+    if ids.count(IMAGE_PAD_ID) != 1:
+        raise ValueError(f"expected one <|image_pad|> ({IMAGE_PAD_ID}) in the prompt ids, found "
+                         f"{ids.count(IMAGE_PAD_ID)}: remove '<|image_pad|>' from the instruction")
+    return Step1XTokens(template, pieces, piece_ids, ids)
+
+
+def expand_image_pad(ids: Sequence[int], num_image_tokens: int) -> list[int]:
+    """Replace the single ``<|image_pad|>`` by ``num_image_tokens`` copies (what the processor does)."""
+    index = list(ids).index(IMAGE_PAD_ID)
+    return list(ids[:index]) + [IMAGE_PAD_ID] * num_image_tokens + list(ids[index + 1:])
+
+
+def truncate_to_window(ids: Sequence[int], drop: int = DROPPED_TOKENS,
+                       max_length: int = MAX_LENGTH) -> list[int]:
+    """Cut ids that can never reach the output (``drop + max_length`` on), with a warning.
+
+    The language model is causal, so the kept hidden states do not depend on the cut tokens:
+    cutting before the forward pass gives the official result (which cuts after it) for less work.
+    """
+    window = drop + max_length
+    if len(ids) > window:
+        logger.warning("Step1X VLM prompt is %d tokens; only the first %d after the %d-token prefix "
+                       "are used (%d cut, the instruction's end and the assistant header first)",
+                       len(ids), max_length, drop, len(ids) - window)
+    return list(ids[:window])
+
+
+def keep_mask(ids: torch.Tensor) -> torch.Tensor:
+    """Official attention mask ``ids > 0``: False at free-standing "!" (id 0). [L] -> [L] bool."""
+    return ids != PADDING_ID
+
+
+def mrope_positions(ids: torch.Tensor, llm_grid_hw: tuple[int, int]) -> torch.Tensor:
+    """M-RoPE positions (t, h, w) of one row with one image, official padding semantics (VLM.md §4).
+
+    Positions are counted over kept tokens only (``ids != 0``); masked tokens get 1 (HF
+    ``get_rope_index`` with an attention mask). Text before the image: p on all axes; image token
+    (i, j) of the ``gh × gw`` merged grid: (s, s+i, s+j), s = kept tokens before the image; text
+    after: continues at ``s + max(gh, gw)``.
+
+    ids: [L] int; returns [3, L] int64.
+    """
+    grid_h, grid_w = llm_grid_hw
+    keep = keep_mask(ids)
+    kept_ids = ids[keep]
+    image_slots = (kept_ids == IMAGE_PAD_ID).nonzero().flatten()
+    num_image = grid_h * grid_w
+    if image_slots.numel() != num_image:
+        raise ValueError(f"{image_slots.numel()} <|image_pad|> ids for an image of {num_image} tokens")
+    start = int(image_slots[0])
+    if int(image_slots[-1]) != start + num_image - 1:
+        raise ValueError("the <|image_pad|> ids of the image are not contiguous")
+    before = torch.arange(start).expand(3, start)
+    rows = torch.arange(grid_h).repeat_interleave(grid_w)
+    cols = torch.arange(grid_w).repeat(grid_h)
+    image = torch.stack([torch.zeros_like(rows), rows, cols]) + start
+    num_after = kept_ids.numel() - start - num_image
+    after = (torch.arange(num_after) + start + max(grid_h, grid_w)).expand(3, num_after)
+    positions = torch.ones(3, ids.numel(), dtype=torch.long)
+    positions[:, keep] = torch.cat([before, image, after], dim=1)
+    return positions
+
+
+def drop_and_pad(hidden: torch.Tensor, drop: int = DROPPED_TOKENS,
+                 max_length: int = MAX_LENGTH) -> tuple[torch.Tensor, torch.Tensor]:
+    """Official slicing: ``emb[:k] = hidden[drop:drop+k]``, zeros after; ``mask[:k] = 1``.
+
+    hidden: [L, D] final-norm output of one row. Returns emb [max_length, D] float32 and
+    mask [max_length] int64 with ``k = min(max_length, L - drop)``.
+    """
+    kept = hidden[drop:drop + max_length].float()
+    emb = torch.zeros(max_length, hidden.shape[-1], dtype=torch.float32, device=hidden.device)
+    emb[: kept.shape[0]] = kept
+    mask = torch.zeros(max_length, dtype=torch.long, device=hidden.device)
+    mask[: kept.shape[0]] = 1
+    return emb, mask
