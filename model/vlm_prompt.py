@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 
@@ -212,3 +212,34 @@ def drop_and_pad(hidden: torch.Tensor, drop: int = DROPPED_TOKENS,
     mask = torch.zeros(max_length, dtype=torch.long, device=hidden.device)
     mask[: kept.shape[0]] = 1
     return emb, mask
+
+
+class Qwen25VLRunner(Protocol):
+    """What an encoder route provides: its tokenizer and one forward pass of Qwen2.5-VL."""
+
+    def tokenize(self, text: str) -> list[int]:
+        """Ids of ``text`` without added special tokens; ``<|image_pad|>`` stays one id."""
+
+    def last_hidden_state(self, ids: torch.Tensor, positions: torch.Tensor, image: Any) -> torch.Tensor:
+        """Final-norm output [L, D] for ids [L] (image pads expanded), positions [3, L], with
+        id-0 tokens excluded as keys and their attention output zeroed (VLM.md §4)."""
+
+
+@dataclass(frozen=True)
+class Step1XEncoding:
+    tokens: Step1XTokens
+    input_ids: torch.Tensor  # [L] int64, image pads expanded, cut to drop + max_length
+    emb: torch.Tensor  # [max_length, D] float32
+    mask: torch.Tensor  # [max_length] int64
+
+
+def encode_prompt(runner: Qwen25VLRunner, instruction: str, image: Any, llm_grid_hw: tuple[int, int],
+                  prefix: str = STEP1X_PREFIX, drop: int = DROPPED_TOKENS,
+                  max_length: int = MAX_LENGTH) -> Step1XEncoding:
+    """One conditioning row: instruction + VLM-sized image -> Step1X embedding and mask (§3–§5)."""
+    tokens = tokenize_step1x(runner.tokenize, instruction, prefix)
+    ids = expand_image_pad(tokens.ids, llm_grid_hw[0] * llm_grid_hw[1])
+    ids = torch.tensor(truncate_to_window(ids, drop, max_length), dtype=torch.long)
+    hidden = runner.last_hidden_state(ids, mrope_positions(ids, llm_grid_hw), image)
+    emb, mask = drop_and_pad(hidden, drop, max_length)
+    return Step1XEncoding(tokens, ids, emb, mask)
