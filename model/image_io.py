@@ -1,0 +1,43 @@
+"""Pixel-side pre/post-processing of the official pipeline (SPEC.md §6.1, §6.2, §6.6, §12.1 #6).
+
+Images here are uint8 ``[H, W, 3]`` numpy arrays; resampling is Pillow's, so results match the
+reference only with the Pillow release the fixtures were made with (13.0.0).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .sampling import size_for_level
+
+# v1.0 used PIL's default filter for resize (bicubic); the v1.1 code switched the input resize to
+# LANCZOS; the output is resized back with the default (bicubic) in both (SPEC.md §12.1 #6, §6.6).
+INPUT_RESAMPLE = {"bicubic": Image.BICUBIC, "lanczos": Image.LANCZOS}
+OUTPUT_RESAMPLE = Image.BICUBIC
+
+
+def resize_to_size_level(image: np.ndarray, size_level: int, resample: str = "bicubic") -> np.ndarray:
+    """``[H, W, 3]`` uint8 → the Step1X working size (area ≈ size_level², sides multiples of 16)."""
+    height, width = image.shape[:2]
+    new_w, new_h = size_for_level(width, height, size_level)
+    return np.asarray(Image.fromarray(image).resize((new_w, new_h), INPUT_RESAMPLE[resample]))
+
+
+def to_vae_input(image: np.ndarray) -> torch.Tensor:
+    """uint8 ``[H, W, 3]`` → ``[1, 3, H, W]`` float32 in [−1, 1] (``to_tensor`` then ``2p − 1``)."""
+    pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)[None].float() / 255.0
+    return pixels * 2 - 1
+
+
+def decoded_to_uint8(decoded: torch.Tensor) -> np.ndarray:
+    """VAE output ``[3, H, W]`` in ≈[−1, 1] → uint8 ``[H, W, 3]``: clamp, ×0.5+0.5, ×255 truncated."""
+    unit = decoded.clamp(-1, 1).float() * 0.5 + 0.5
+    return (unit * 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
+
+def resize_back(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Resize the edited image back to the input's original size (PIL bicubic)."""
+    if image.shape[1] == width and image.shape[0] == height:
+        return image
+    return np.asarray(Image.fromarray(image).resize((width, height), OUTPUT_RESAMPLE))

@@ -1,0 +1,182 @@
+"""Load a Step1X-Edit DiT from a safetensors file (SPEC.md §2, §9 #12, §12.3; V12.md §1).
+
+:func:`inspect_checkpoint` reads only the header: layout (official / diffusers, any prefix), version,
+configuration, completeness. :func:`load_step1x_dit` then builds the model on the ``meta`` device and
+fills it with ``load_state_dict(strict=True, assign=True)`` from tensors streamed out of the file and
+converted one at a time, so a 12B model never sits in RAM twice and nothing is left half-loaded.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from .checkpoint import (
+    FP8_DTYPES,
+    CheckpointError,
+    CheckpointLayout,
+    TensorRecord,
+    detect_layout,
+    is_scale_key,
+    quantize_fp8,
+    read_header,
+    read_scales,
+)
+from .dit import Step1XEdit
+from .key_map import Source, group_official, identity_sources
+from .params import FULL_SIZE, V10_ONLY_KEY, Step1XParams, detect_params, with_version
+
+logger = logging.getLogger(__name__)
+
+FP8_SCALE_KEY = "scale_weight"  # ComfyUI's scaled-fp8 parameter name (comfy.ops.scaled_fp8_ops)
+# Only the 19 + 38 blocks are stored in fp8 when asked: they hold 11.9 of the 12.4 B parameters;
+# embedders, connector and final layer stay in the compute dtype (as ComfyUI's fp8 FLUX files do).
+FP8_BLOCK_PREFIXES = ("double_blocks.", "single_blocks.")
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    path: str
+    params: Step1XParams
+    layout: CheckpointLayout
+    stored_dtype: str  # safetensors dtype of most Linear weights ("BF16", "F8_E4M3", ...)
+    sources: dict[str, Source]  # official key → file keys (prefix stripped)
+
+    @property
+    def is_fp8(self) -> bool:
+        return self.stored_dtype.startswith("F8")
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.path)
+
+
+def _sources(records: dict[str, TensorRecord], layout: CheckpointLayout) -> dict[str, Source]:
+    keys = [k[len(layout.prefix):] for k in records if k.startswith(layout.prefix)]
+    keys = [k for k in keys if not is_scale_key(k)]
+    return identity_sources(keys) if layout.layout == "official" else group_official(keys)
+
+
+def _shape(records: dict[str, TensorRecord], prefix: str, source: Source) -> tuple[int, ...]:
+    shapes = [records[prefix + k].shape for k in source.keys]
+    return (sum(s[0] for s in shapes), *shapes[0][1:]) if shapes[0] else shapes[0]
+
+
+def _expected_keys(params: Step1XParams) -> set[str]:
+    with torch.device("meta"):
+        return set(Step1XEdit(params).state_dict())
+
+
+def inspect_checkpoint(
+    path: str, connector_heads: int | None = None, version: str | None = None, axes_dim=None
+) -> CheckpointInfo:
+    """Everything about a DiT file that its header tells; raises :class:`CheckpointError`."""
+    records = read_header(path)
+    layout = detect_layout(path, records)
+    sources = _sources(records, layout)
+    shapes = {k: _shape(records, layout.prefix, s) for k, s in sources.items()}
+    name = os.path.basename(path)
+    try:
+        params = detect_params(shapes, connector_heads, axes_dim)
+    except KeyError as err:
+        raise CheckpointError(
+            f"{name} is incomplete: tensor {err.args[0]} is missing. The file is damaged or was cut; download it again."
+        ) from None
+    if version is not None:
+        params = with_version(params, version)
+    full = FULL_SIZE[params.version].dit
+    if params.dit.hidden_size == full.hidden_size and (params.dit.depth, params.dit.depth_single_blocks) != (
+        full.depth, full.depth_single_blocks
+    ):
+        raise CheckpointError(
+            f"{name} has {params.dit.depth} double and {params.dit.depth_single_blocks} single blocks; the full-size "
+            f"Step1X-Edit has {full.depth} and {full.depth_single_blocks}. The file is incomplete: download it again."
+        )
+    expected = _expected_keys(params)
+    missing = sorted(expected - set(sources))
+    unexpected = sorted(set(sources) - expected)
+    if version is not None and unexpected == [V10_ONLY_KEY]:
+        logger.warning("%s: ignoring %s (a v1.0 key) because version %s was forced", name, V10_ONLY_KEY, version)
+        del sources[V10_ONLY_KEY]
+        unexpected = []
+    if missing:
+        raise CheckpointError(
+            f"{name} is missing {len(missing)} of the {len(expected)} tensors a Step1X-Edit {params.version} DiT needs "
+            f"(e.g. {', '.join(missing[:3])}). The file is incomplete or damaged: download it again."
+        )
+    if unexpected:
+        raise CheckpointError(
+            f"{name} has {len(unexpected)} tensors that Step1X-Edit does not use (e.g. {', '.join(unexpected[:3])}). "
+            "It is another model, or a Step1X-Edit file with extra parts; use the official DiT file."
+        )
+    linear_dtypes = Counter(records[layout.prefix + s.keys[0]].dtype for k, s in sources.items() if k.endswith(".weight"))
+    return CheckpointInfo(path, params, layout, linear_dtypes.most_common(1)[0][0], sources)
+
+
+def _linear_weight_keys(model: nn.Module) -> set[str]:
+    return {f"{name}.weight" for name, module in model.named_modules() if isinstance(module, nn.Linear)}
+
+
+def read_state_dict(
+    info: CheckpointInfo, dtype: torch.dtype, linear_weight_keys: set[str], fp8_storage: bool = False
+) -> dict[str, torch.Tensor]:
+    """Official-key state dict in ``dtype``, streamed from the file.
+
+    fp8 weights stored with a per-tensor scale are dequantised (``w·scale``); fp8 biases are upcast.
+    With ``fp8_storage`` the Linear weights of the blocks become float8_e4m3fn (kept as stored or
+    quantised with one absmax scale per tensor) and every Linear gets a ``scale_weight`` entry, the
+    layout ComfyUI's ``scaled_fp8_ops`` and :mod:`model.fp8` expect.
+    """
+    prefix = info.layout.prefix
+    state: dict[str, torch.Tensor] = {}
+    with safe_open(info.path, framework="pt", device="cpu") as f:
+        scales = read_scales(info.path, prefix, list(f.keys())) if info.layout.fp8_scaled else {}
+        for key, source in info.sources.items():
+            parts = [f.get_tensor(prefix + k) for k in source.keys]
+            fp8_parts = parts[0].dtype in FP8_DTYPES
+            keep_fp8 = fp8_storage and key in linear_weight_keys and key.startswith(FP8_BLOCK_PREFIXES)
+            if fp8_parts and keep_fp8 and len(parts) == 1:
+                state[key] = parts[0].to(torch.float8_e4m3fn)
+                state[key[: -len("weight")] + FP8_SCALE_KEY] = scales.get(source.keys[0], torch.ones(()))
+                continue
+            if fp8_parts:
+                parts = [p.float() * scales.get(k, torch.ones(())) for p, k in zip(parts, source.keys)]
+            tensor = source.combine(parts)
+            if keep_fp8:
+                state[key], state[key[: -len("weight")] + FP8_SCALE_KEY] = quantize_fp8(tensor)
+                continue
+            state[key] = tensor.to(dtype)
+            if fp8_storage and key in linear_weight_keys:
+                state[key[: -len("weight")] + FP8_SCALE_KEY] = torch.ones(())
+    return state
+
+
+def load_step1x_dit(
+    path: str,
+    *,
+    dtype: torch.dtype = torch.bfloat16,
+    device: torch.device | str = "cpu",
+    operations=nn,
+    connector_heads: int | None = None,
+    version: str | None = None,
+    axes_dim=None,
+    fp8_storage: bool = False,
+) -> tuple[Step1XEdit, CheckpointInfo]:
+    """Build and fill the DiT. ``operations`` must provide ``scale_weight`` on Linear when ``fp8_storage``."""
+    info = inspect_checkpoint(path, connector_heads, version, axes_dim)
+    with torch.device("meta"):
+        model = Step1XEdit(info.params, dtype=dtype, operations=operations)
+    state = read_state_dict(info, dtype, _linear_weight_keys(model), fp8_storage)
+    result = model.load_state_dict(state, strict=True, assign=True)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(f"{info.name}: state dict mismatch {result}")
+    logger.info(
+        "loaded %s: Step1X-Edit %s, %s layout, %d tensors, stored %s", info.name, info.params.version,
+        info.layout.layout, len(info.sources), info.stored_dtype,
+    )
+    return model.to(device), info
