@@ -1,0 +1,181 @@
+"""Loader behaviour on good and bad files, built from the golden tiny models (no constants from them)."""
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from model.checkpoint import CheckpointError, quantize_fp8
+from model.key_map import group_official
+from model.loader import inspect_checkpoint, load_step1x_dit
+from tests.golden import model_sets
+
+SETS = {s.version: s for s in model_sets()}
+V10, V11 = SETS["v1.0"], SETS["v1.1"]
+
+
+def tiny_state(fixtures) -> dict[str, torch.Tensor]:
+    return load_file(str(fixtures.folder / "tiny_model.safetensors"))
+
+
+def heads(fixtures) -> dict:
+    cfg = fixtures.manifest["config"]
+    return {"connector_heads": cfg["connector"]["heads_num"], "axes_dim": cfg["dit"]["axes_dim"]}
+
+
+def load(path, fixtures, **kw):
+    return load_step1x_dit(str(path), dtype=torch.float32, **heads(fixtures), **kw)
+
+
+def assert_same_weights(model, state):
+    loaded = model.state_dict()
+    assert set(loaded) == set(state)
+    for key, value in state.items():
+        assert torch.equal(loaded[key], value), key
+
+
+@pytest.mark.parametrize("fixtures", [V10, V11], ids=["v1.0", "v1.1"])
+def test_versions_told_apart_by_keys(fixtures):
+    info = inspect_checkpoint(str(fixtures.folder / "tiny_model.safetensors"), **heads(fixtures))
+    assert info.params.version == fixtures.version
+    assert info.layout.layout == "official" and info.layout.prefix == ""
+    switches = info.params.switches
+    assert switches.connector_scale_factor == (fixtures.version == "v1.0")
+    assert switches.ref_id_offset == (0.0 if fixtures.version == "v1.0" else 1.0)
+
+
+def test_prefixed_file_loads_identically(tmp_path):
+    state = tiny_state(V11)
+    path = tmp_path / "prefixed.safetensors"
+    save_file({f"model.diffusion_model.{k}": v for k, v in state.items()}, str(path))
+    model, info = load(path, V11)
+    assert info.layout.prefix == "model.diffusion_model."
+    assert_same_weights(model, state)
+
+
+def test_diffusers_layout_maps_onto_official_keys(tmp_path):
+    """Split the official tensors the way V12.md §1 describes, then load: every weight must come back."""
+    state = tiny_state(V11)
+    hidden = state["img_in.weight"].shape[0]
+    mlp = state["double_blocks.0.img_mlp.0.weight"].shape[0]
+    diffusers = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[0] == "double_blocks" and parts[3] == "qkv":
+            names = ("to_q", "to_k", "to_v") if parts[2] == "img_attn" else ("add_q_proj", "add_k_proj", "add_v_proj")
+            for name, chunk in zip(names, value.chunk(3)):
+                diffusers[f"transformer_blocks.{parts[1]}.attn.{name}.{parts[-1]}"] = chunk
+        elif parts[0] == "single_blocks" and parts[2] == "linear1":
+            for name, chunk in zip(("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"), value.split([hidden] * 3 + [mlp])):
+                diffusers[f"single_transformer_blocks.{parts[1]}.{name}.{parts[-1]}"] = chunk
+        elif key.startswith("final_layer.adaLN_modulation.1."):
+            shift, scale = value.chunk(2)
+            diffusers[f"norm_out.linear.{parts[-1]}"] = torch.cat((scale, shift))
+        else:
+            diffusers[key] = value
+    renamed = {}
+    reverse = {
+        "img_in.": "x_embedder.", "txt_in.": "context_embedder.", "time_in.": "time_embed.", "vector_in.": "vec_embed.",
+        "final_layer.linear.": "proj_out.",
+    }
+    block_names = {
+        "img_mod.lin": "norm1.linear", "txt_mod.lin": "norm1_context.linear", "img_attn.proj": "attn.to_out.0",
+        "txt_attn.proj": "attn.to_add_out", "img_mlp.0": "ff.net.0.proj", "img_mlp.2": "ff.net.2",
+        "txt_mlp.0": "ff_context.net.0.proj", "txt_mlp.2": "ff_context.net.2",
+        "img_attn.norm.query_norm.scale": "attn.norm_q.weight", "img_attn.norm.key_norm.scale": "attn.norm_k.weight",
+        "txt_attn.norm.query_norm.scale": "attn.norm_added_q.weight",
+        "txt_attn.norm.key_norm.scale": "attn.norm_added_k.weight",
+        "modulation.lin": "norm.linear", "linear2": "proj_out",
+        "norm.query_norm.scale": "attn.norm_q.weight", "norm.key_norm.scale": "attn.norm_k.weight",
+    }
+    for key, value in diffusers.items():
+        new = key
+        for old, repl in reverse.items():
+            if key.startswith(old):
+                new = repl + key[len(old):]
+        parts = key.split(".")
+        if parts[0] in ("double_blocks", "single_blocks"):
+            head = "transformer_blocks" if parts[0] == "double_blocks" else "single_transformer_blocks"
+            inner = ".".join(parts[2:])
+            for old, repl in block_names.items():
+                if inner == old or inner.startswith(old + "."):
+                    new = f"{head}.{parts[1]}.{repl}{inner[len(old):]}"
+                    break
+        renamed[new] = value
+    assert len(group_official(renamed)) == len(state)
+    path = tmp_path / "diffusers.safetensors"
+    save_file(renamed, str(path))
+    model, info = load(path, V11)
+    assert info.layout.layout == "diffusers"
+    assert_same_weights(model, state)
+
+
+@pytest.mark.parametrize("with_scales,fp8_bias", [(True, False), (False, False), (True, True)])
+def test_fp8_files_are_dequantised(tmp_path, with_scales, fp8_bias):
+    state = tiny_state(V10)
+    stored, expected = {}, {}
+    for key, value in state.items():
+        if key.endswith(".weight") and value.ndim == 2:
+            if with_scales:
+                q, scale = quantize_fp8(value)
+                stored[key], stored[key[:-6] + "scale_weight"] = q, scale
+                expected[key] = q.float() * scale
+            else:
+                stored[key] = value.to(torch.float8_e4m3fn)
+                expected[key] = stored[key].float()
+        elif fp8_bias and key.endswith(".bias"):
+            stored[key] = value.to(torch.float8_e4m3fn)
+            expected[key] = stored[key].float()
+        else:
+            stored[key] = expected[key] = value
+    if with_scales:
+        stored["scaled_fp8"] = torch.empty(0, dtype=torch.float8_e4m3fn)
+    path = tmp_path / "fp8.safetensors"
+    save_file(stored, str(path))
+    model, info = load(path, V10)
+    assert info.is_fp8 and info.layout.fp8_scaled == with_scales
+    assert_same_weights(model, expected)
+
+
+def _save(tmp_path, name, tensors):
+    path = tmp_path / name
+    save_file(tensors, str(path))
+    return path
+
+
+def test_bad_files_get_messages_that_name_the_fix(tmp_path):
+    state = tiny_state(V10)
+    cases = {}
+    pickle_path = tmp_path / "model.ckpt"
+    pickle_path.write_bytes(pickle.dumps({"a": 1}))
+    cases[pickle_path] = "pickle checkpoint"
+    renamed_pickle = tmp_path / "renamed.safetensors"
+    renamed_pickle.write_bytes(pickle.dumps({"a": 1}) * 10)
+    cases[renamed_pickle] = "not a safetensors file"
+    full = _save(tmp_path, "full.safetensors", state)
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    cases[truncated] = "is truncated"
+    flux = {k: v for k, v in state.items() if not k.startswith("connector.")}
+    cases[_save(tmp_path, "flux1-dev.safetensors", flux)] = "FLUX.1-style DiT without Step1X-Edit's connector"
+    qwen = {"transformer_blocks.0.img_mod.1.weight": torch.zeros(4, 4), "txt_norm.weight": torch.zeros(4)}
+    cases[_save(tmp_path, "qwen_image.safetensors", qwen)] = "Qwen-Image DiT"
+    vae = {"encoder.down.0.block.0.conv1.weight": torch.zeros(2, 2, 3, 3), "decoder.up.0.block.0.conv1.weight": torch.zeros(1)}
+    cases[_save(tmp_path, "ae.safetensors", vae)] = "it is a VAE"
+    last_single = max(int(k.split(".")[1]) for k in state if k.startswith("single_blocks."))
+    damaged = {k: v for k, v in state.items() if not k.startswith(f"single_blocks.{last_single}.linear2.")}
+    cases[_save(tmp_path, "missing.safetensors", damaged)] = "is missing 2 of the"
+    extra = dict(state, **{"guidance_in.in_layer.weight": torch.zeros(2, 2)})
+    cases[_save(tmp_path, "extra.safetensors", extra)] = "does not use"
+    cases[tmp_path / "nope.safetensors"] = "checkpoint not found"
+    for path, message in cases.items():
+        with pytest.raises(CheckpointError, match=message):
+            load(path, V10)
+
+
+def test_forced_version_drops_the_v10_factor_with_a_warning(tmp_path, caplog):
+    model, info = load(V10.folder / "tiny_model.safetensors", V10, version="v1.1")
+    assert info.params.version == "v1.1" and model.connector.scale_factor is None
+    assert "ignoring connector.scale_factor" in caplog.text
