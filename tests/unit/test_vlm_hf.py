@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from vlm_support import VLM_DIR, case_names, import_pack_module, load_case, max_abs_error, tolerance, window
+from tests.unit.vlm_support import VLM_DIR, case_names, import_pack_module, load_case, max_abs_error, tolerance, window
 
 HF = import_pack_module("nodes.vlm_hf")
 P = import_pack_module("model.vlm_prompt")

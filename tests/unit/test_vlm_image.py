@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vlm_support import case_names, import_pack_module, load_case, tolerance
+from tests.unit.vlm_support import case_names, import_pack_module, load_case, tolerance
 
 I = import_pack_module("model.vlm_image")
 

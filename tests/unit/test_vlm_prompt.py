@@ -6,7 +6,7 @@ import logging
 import pytest
 import torch
 
-from vlm_support import VLM_DIR, case_names, import_pack_module, load_case, vlm_spec, window
+from tests.unit.vlm_support import VLM_DIR, case_names, import_pack_module, load_case, vlm_spec, window
 
 P = import_pack_module("model.vlm_prompt")
 

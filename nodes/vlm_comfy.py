@@ -1,0 +1,188 @@
+"""Route 1: ComfyUI's own Qwen2.5-VL-7B text encoder (CLIPLoader type ``qwen_image``), driven so
+that tokens, image preprocessing, positions, layer and slicing equal Step1X-Edit's (spec/VLM.md §7).
+
+Only ComfyUI's modules and loaded weights run (LoRA patches and fp8 casting included); the model
+stays a ComfyUI-managed model (``CLIP.load_model`` -> ``model_management``), so it is offloaded
+like any text encoder when the DiT needs the memory. The pack supplies the image (already
+VLM-sized, so ComfyUI's own resize is an identity), the ids with the quote splitting, the M-RoPE
+positions with Step1X's id-0 padding semantics, and the raster-order fix of 0.3.75's ViT output.
+ComfyUI internals move between releases: :func:`check_comfy_internals` checks what is used here
+and names the release this was written for.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+from contextlib import ExitStack, contextmanager
+from functools import lru_cache
+from typing import Any, Iterator
+
+import torch
+from PIL import Image
+
+import comfy.ops
+from comfy import sd1_clip
+from comfy.text_encoders import llama, qwen_vl
+
+from ..model.vlm_image import pil_to_image_tensor
+from ..model.vlm_prompt import IMAGE_PAD_ID, keep_mask
+
+logger = logging.getLogger(__name__)
+
+TESTED_COMFYUI_VERSION = "0.3.75"
+QWEN_ENCODER_KEY = "qwen25_7b"  # attribute of the text encoder and tokenizer (comfy/text_encoders/qwen_image.py)
+# Window-order probe: a ViT without blocks on a grid larger than one 112-pixel window (4×4 merged).
+PROBE_GRID = (1, 16, 16)
+PROBE_WIDTH = 8
+
+
+def comfyui_version() -> str:
+    try:
+        from comfyui_version import __version__
+    except ImportError:
+        return "unknown"
+    return __version__
+
+
+def _incompatible(what: str) -> RuntimeError:
+    return RuntimeError(f"Step1X VLM Encode cannot drive this ComfyUI's Qwen2.5-VL: {what}. It needs "
+                        f"ComfyUI {TESTED_COMFYUI_VERSION} (found {comfyui_version()}); use the Hugging "
+                        "Face folder input instead, or update the Step1X-Edit pack.")
+
+
+def check_comfy_internals() -> None:
+    """Raise RuntimeError naming the needed ComfyUI release if an internal used here has moved."""
+    checks = {
+        "llama.Qwen25_7BVLI": hasattr(llama, "Qwen25_7BVLI"),
+        "Llama2_.forward(position_ids=, embeds=)": {"position_ids", "embeds", "attention_mask", "dtype"}
+        <= set(inspect.signature(llama.Llama2_.forward).parameters),
+        "SDClipModel.process_tokens(tokens, device)": list(
+            inspect.signature(sd1_clip.SDClipModel.process_tokens).parameters) == ["self", "tokens", "device"],
+        "Qwen2VLVisionTransformer.get_window_index": hasattr(
+            qwen_vl.Qwen2VLVisionTransformer, "get_window_index"),
+    }
+    missing = [name for name, ok in checks.items() if not ok]
+    if missing:
+        raise _incompatible("changed internals " + ", ".join(missing))
+
+
+def _describe(clip: Any) -> str:
+    encoder = getattr(clip, "cond_stage_model", None)
+    if encoder is None:
+        return type(clip).__name__
+    parts = [f"{name} ({type(getattr(child, 'transformer', child)).__name__})"
+             for name, child in encoder.named_children()]
+    return f"{type(encoder).__name__} with " + (", ".join(parts) or "no sub-encoders")
+
+
+def check_qwen25_vl_clip(clip: Any) -> None:
+    """Raise ValueError naming what was given unless ``clip`` holds ComfyUI's Qwen2.5-VL-7B."""
+    encoder = getattr(getattr(clip, "cond_stage_model", None), QWEN_ENCODER_KEY, None)
+    tokenizer = getattr(getattr(clip, "tokenizer", None), QWEN_ENCODER_KEY, None)
+    if (not isinstance(getattr(encoder, "transformer", None), llama.Qwen25_7BVLI)
+            or not hasattr(tokenizer, "tokenizer")):
+        raise ValueError(f"the CLIP input is {_describe(clip)}, not Qwen2.5-VL: Step1X-Edit needs "
+                         "Qwen2.5-VL-7B-Instruct loaded with 'Load CLIP' type qwen_image (e.g. "
+                         "qwen_2.5_vl_7b_fp8_scaled.safetensors or the bf16 file)")
+
+
+@lru_cache(maxsize=None)
+def vit_returns_window_order(vit_class: type) -> bool:
+    """Whether ``vit_class.forward`` leaves merged tokens in window order (0.3.75) or in raster order.
+
+    A ViT without blocks maps each merged token from its own patches only, so its output is the
+    merger of the patch embedding, possibly permuted by the window index.
+    """
+    generator = torch.Generator().manual_seed(0)
+    vit = vit_class(hidden_size=PROBE_WIDTH, output_hidden_size=PROBE_WIDTH, intermediate_size=PROBE_WIDTH,
+                    num_heads=1, num_layers=0, ops=comfy.ops.manual_cast)
+    with torch.no_grad():
+        for parameter in vit.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator))
+        grid = torch.tensor([PROBE_GRID])
+        num_patches = PROBE_GRID[1] * PROBE_GRID[2]
+        patch_width = vit.patch_embed.proj.weight[0].numel()
+        pixels = torch.randn(num_patches, patch_width, generator=generator)
+        out = vit(pixels, grid)
+        raster = vit.merger(vit.patch_embed(pixels))
+        window_index = vit.get_window_index(grid)[0]
+    if torch.allclose(out, raster):
+        return False
+    if torch.allclose(out, raster[window_index]):
+        return True
+    raise _incompatible("the vision tower returns its tokens in an unknown order")
+
+
+@contextmanager
+def _raster_order(vit: torch.nn.Module) -> Iterator[None]:
+    """Put the ViT's merged tokens back in raster order (HF's ``hidden_states[argsort(window_index)]``)."""
+    if not vit_returns_window_order(type(vit)):
+        yield
+        return
+
+    def hook(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        window_index = module.get_window_index(args[1])[0]
+        return output[torch.argsort(window_index.to(output.device))]
+
+    handle = vit.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def _zero_attention_at(layers: torch.nn.ModuleList, keep: torch.Tensor) -> Iterator[None]:
+    """Zero each self-attention output where ``keep`` [1, L] is False (flash-attention padding)."""
+    scale = keep.to(torch.float32)[..., None]
+
+    def hook(_module: torch.nn.Module, _args: tuple, output: torch.Tensor) -> torch.Tensor:
+        return output * scale.to(output.device, output.dtype)
+
+    with ExitStack() as stack:
+        for layer in layers:
+            stack.callback(layer.self_attn.register_forward_hook(hook).remove)
+        yield
+
+
+class ComfyQwen25VL:
+    """Step1X encoding through the Qwen2.5-VL model of a ComfyUI CLIP object."""
+
+    def __init__(self, clip: Any) -> None:
+        check_qwen25_vl_clip(clip)
+        check_comfy_internals()
+        self.clip = clip
+        self.encoder = getattr(clip.cond_stage_model, QWEN_ENCODER_KEY)  # SDClipModel
+        self.tokenizer = getattr(clip.tokenizer, QWEN_ENCODER_KEY).tokenizer  # transformers Qwen2Tokenizer
+
+    @property
+    def hidden_size(self) -> int:
+        return self.encoder.transformer.model.config.hidden_size
+
+    def load(self) -> None:
+        """Device placement and LoRA patches, through ComfyUI's model management."""
+        self.clip.load_model()
+
+    def tokenize(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    @torch.no_grad()
+    def last_hidden_state(self, ids: torch.Tensor, positions: torch.Tensor, image: Image.Image) -> torch.Tensor:
+        """Final-norm output [L, D] (float32) for ids [L] (image pads expanded), positions [3, L]."""
+        transformer = self.encoder.transformer  # llama.Qwen25_7BVLI
+        device = transformer.get_input_embeddings().weight.device
+        image_slots = (ids == IMAGE_PAD_ID).nonzero().flatten()
+        start, count = int(image_slots[0]), image_slots.numel()
+        image_item = {"type": "image", "data": pil_to_image_tensor(image), "original_type": "image"}
+        tokens = ids[:start].tolist() + [image_item] + ids[start + count:].tolist()
+        with _raster_order(transformer.visual):
+            embeds, _, _, embeds_info = self.encoder.process_tokens([tokens], device)
+        spliced = [(info["index"], info["size"]) for info in embeds_info]
+        if spliced != [(start, count)]:
+            raise _incompatible(f"the image was spliced as (index, tokens) {spliced}, expected "
+                                f"[({start}, {count})]")
+        keep = keep_mask(ids)[None].to(device)
+        with _zero_attention_at(transformer.model.layers, keep):
+            hidden, _ = transformer.model(None, attention_mask=keep.long(), embeds=embeds,
+                                          position_ids=positions.to(device), dtype=torch.float32)
+        return hidden[0].float()

@@ -1,0 +1,149 @@
+"""Route 1 (nodes/vlm_comfy.py) inside ComfyUI itself, without a server.
+
+ComfyUI's real Qwen tokenizer must give the fixtures' ids; a tiny model built from ComfyUI's own
+Qwen2.5-VL classes (sizes from the fixture folder's config.json, weights from its safetensors)
+must reproduce every golden ``vlm/`` case (spec/VLM.md §7 "Testing on the tiny model").
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.golden import REPO_ROOT
+from tests.unit.vlm_support import VLM_DIR, case_names, import_pack_module, load_case, max_abs_error, tolerance, window
+
+COMFYUI_DIR = REPO_ROOT / os.environ.get("STEP1X_WORK", ".work") / "ComfyUI"
+TINY_FOLDER = VLM_DIR / "tiny-qwen25vl"
+
+P = import_pack_module("model.vlm_prompt")
+I = import_pack_module("model.vlm_image")
+
+
+@pytest.fixture(scope="module")
+def vlm_comfy():
+    """ComfyUI importable on CPU; returns the pack's ComfyUI route module."""
+    if not (COMFYUI_DIR / "comfy").is_dir():
+        pytest.fail(f"ComfyUI not found at {COMFYUI_DIR}: run scripts/setup_env.sh (or set STEP1X_WORK)")
+    if str(COMFYUI_DIR) not in sys.path:
+        sys.path.append(str(COMFYUI_DIR))
+    from comfy.cli_args import args
+
+    args.cpu = True
+    import comfy.model_management  # noqa: F401  (after args.cpu)
+
+    return import_pack_module("nodes.vlm_comfy")
+
+
+def _tiny_clip(state_dict_transform=None):
+    """A comfy.sd.CLIP holding ComfyUI's Qwen2.5-VL classes at the tiny fixture sizes."""
+    import comfy.sd
+    from comfy.text_encoders import llama, qwen_image, qwen_vl
+
+    config = json.loads((TINY_FOLDER / "config.json").read_text())
+    text = config.get("text_config", config)
+    vision = config["vision_config"]
+
+    class TinyQwen25VLI(llama.Qwen25_7BVLI):
+        def __init__(self, config_dict, dtype, device, operations):
+            torch.nn.Module.__init__(self)
+            llm = llama.Qwen25_7BVLI_Config(
+                vocab_size=text["vocab_size"], hidden_size=text["hidden_size"],
+                intermediate_size=text["intermediate_size"], num_hidden_layers=text["num_hidden_layers"],
+                num_attention_heads=text["num_attention_heads"], num_key_value_heads=text["num_key_value_heads"],
+                rms_norm_eps=text["rms_norm_eps"], rope_theta=text["rope_theta"])
+            llm.head_dim = text["hidden_size"] // text["num_attention_heads"]
+            llm.rope_dims = text["rope_scaling"]["mrope_section"]
+            self.num_layers = llm.num_hidden_layers
+            self.model = llama.Llama2_(llm, device=device, dtype=dtype, ops=operations)
+            self.visual = qwen_vl.Qwen2VLVisionTransformer(
+                hidden_size=vision["hidden_size"], output_hidden_size=vision["out_hidden_size"],
+                intermediate_size=vision["intermediate_size"], num_heads=vision["num_heads"],
+                num_layers=vision["depth"], device=device, dtype=dtype, ops=operations)
+            self.visual.fullatt_block_indexes = vision["fullatt_block_indexes"]
+            self.dtype = dtype
+
+    class TinyQwen25VLIModel(qwen_image.Qwen25_7BVLIModel):
+        def __init__(self, device="cpu", layer="last", layer_idx=None, dtype=None, attention_mask=True,
+                     model_options={}):
+            comfy.sd1_clip.SDClipModel.__init__(
+                self, device=device, layer=layer, layer_idx=layer_idx, textmodel_json_config={}, dtype=dtype,
+                special_tokens={"pad": 151643}, layer_norm_hidden_state=False, model_class=TinyQwen25VLI,
+                enable_attention_masks=attention_mask, return_attention_masks=attention_mask,
+                model_options=model_options)
+
+    class Target:
+        params = {}
+        clip = qwen_image.te(dtype_llama=torch.float32)
+        tokenizer = qwen_image.QwenImageTokenizer
+
+    clip = comfy.sd.CLIP(Target(), model_options={"qwen25_7b_class": TinyQwen25VLIModel})
+    state_dict = {k: v.float() for k, v in load_file(str(TINY_FOLDER / "model.safetensors")).items()}
+    missing, unexpected = clip.load_sd(state_dict)
+    assert not missing and not unexpected, (missing, unexpected)
+    return clip
+
+
+@pytest.fixture(scope="module")
+def comfy_tokenize(vlm_comfy):
+    """ComfyUI's bundled Qwen2.5 tokenizer (comfy/text_encoders/qwen25_tokenizer), as Qwen-Image loads it."""
+    from comfy.text_encoders.qwen_image import QwenImageTokenizer
+
+    tokenizer = QwenImageTokenizer().qwen25_7b.tokenizer
+    return lambda text: list(tokenizer(text)["input_ids"])
+
+
+@pytest.fixture(scope="module")
+def encoder(vlm_comfy):
+    encoder = vlm_comfy.ComfyQwen25VL(_tiny_clip())
+    encoder.load()
+    return encoder
+
+
+def test_comfyui_version_is_the_tested_one(vlm_comfy):
+    assert vlm_comfy.comfyui_version() == vlm_comfy.TESTED_COMFYUI_VERSION
+    vlm_comfy.check_comfy_internals()
+
+
+def test_vit_of_this_comfyui_needs_the_raster_order_fix(vlm_comfy):
+    from comfy.text_encoders import qwen_vl
+
+    assert vlm_comfy.vit_returns_window_order(qwen_vl.Qwen2VLVisionTransformer) is True
+
+
+@pytest.mark.parametrize("name", case_names())
+def test_comfyui_tokenizer_gives_reference_ids(name, comfy_tokenize):
+    for row in load_case(name).rows:
+        tokens = P.tokenize_step1x(comfy_tokenize, row["prompt"], window()["prefix"])
+        assert tokens.piece_ids == row["split_segment_ids"]
+        assert P.expand_image_pad(tokens.ids, row["num_image_tokens"]) == row["input_ids"]
+
+
+@pytest.mark.parametrize("name", case_names())
+def test_comfyui_route_matches_reference(name, encoder):
+    case = load_case(name)
+    image = I.resize_for_vlm(case.raw_image(), case.size_level)
+    grid = I.llm_grid_hw(image)
+    for k, row in enumerate(case.rows):
+        out = P.encode_prompt(encoder, row["prompt"], image, grid, **window())
+        assert out.input_ids.tolist() == row["input_ids"][: len(out.input_ids)]
+        assert torch.equal(out.mask, case.tensors["mask"][k])
+        err = max_abs_error(out.emb, case.tensors["emb"][k])
+        assert err <= tolerance("emb_abs"), f"{name} row {k}: emb max abs error {err:.3e}"
+
+
+def test_other_text_encoders_are_refused_by_name(vlm_comfy):
+    import comfy.sd
+    from comfy import sd1_clip
+
+    clip_l = comfy.sd.CLIP(no_init=True)
+    clip_l.cond_stage_model = sd1_clip.SD1ClipModel(model_options={"clip_l_model_config": {
+        "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2}})
+    with pytest.raises(ValueError, match=r"SD1ClipModel with clip_l \(CLIPTextModel\).*qwen_image"):
+        vlm_comfy.check_qwen25_vl_clip(clip_l)
+    with pytest.raises(ValueError, match="not Qwen2.5-VL"):
+        vlm_comfy.ComfyQwen25VL(object())
