@@ -1,0 +1,31 @@
+"""What the pack's nodes share: category, the conditioning marker, LATENT keys, image conversions."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+CATEGORY = "Step1X-Edit"
+# Key the VLM encoder puts in each conditioning's options dict (nodes/node_vlm_encode.py); its value is
+# the encoder release. Conditioning without it comes from another model family (e.g. Qwen-Image).
+CONDITIONING_MARKER = "step1x_edit"
+# Extra LATENT key set by Pack Ref Latent: the (width, height) of the input image, so Unpack/Decode
+# can resize the edit back (SPEC.md §6.6). Core nodes ignore unknown LATENT keys.
+ORIGINAL_SIZE_KEY = "step1x_original_size"
+FLUX_LATENT_CHANNELS = 16
+FLUX_VAE_DOWNSCALE = 8
+U8_MAX = 255
+
+
+def image_to_uint8(image: torch.Tensor) -> list[np.ndarray]:
+    """ComfyUI IMAGE ``[B, H, W, C]`` float 0..1 → RGB uint8 frames (rounded: LoadImage stores k/255 exactly)."""
+    return list((image[..., :3].clamp(0, 1) * U8_MAX).round().to(torch.uint8).cpu().numpy())
+
+
+def decoded_to_uint8(image: torch.Tensor) -> list[np.ndarray]:
+    """VAE decoder output (IMAGE, 0..1) → uint8 the official way: ×255 TRUNCATED (SPEC.md §6.6 ``to_pil_image``)."""
+    return list((image[..., :3].clamp(0, 1) * U8_MAX).to(torch.uint8).cpu().numpy())
+
+
+def uint8_to_image(frames: list[np.ndarray]) -> torch.Tensor:
+    """RGB uint8 frames of one size → ComfyUI IMAGE ``[B, H, W, 3]`` float32 0..1."""
+    return torch.from_numpy(np.stack(frames).astype(np.float32) / U8_MAX)

@@ -1,0 +1,22 @@
+"""The pack's node list, handed to ComfyUI through ``comfy_entrypoint`` (V3 extension API)."""
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
+
+from .node_latent import Step1XPackRefLatent, Step1XUnpackDecode
+from .node_loader import Step1XModelLoader
+from .node_sampler import Step1XSampler
+from .node_vlm_encode import Step1XVLMEncode
+
+NODES: list[type[io.ComfyNode]] = [
+    Step1XModelLoader, Step1XVLMEncode, Step1XPackRefLatent, Step1XSampler, Step1XUnpackDecode,
+]
+
+
+class Step1XEditExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODES)
+
+
+async def comfy_entrypoint() -> Step1XEditExtension:
+    return Step1XEditExtension()

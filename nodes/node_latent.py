@@ -1,0 +1,109 @@
+"""Pack Ref Latent (IMAGE → reference LATENT) and Unpack/Decode (LATENT → IMAGE at the input's size).
+
+LATENT samples stay raw FLUX-VAE latents, as core VAEEncode/VAEDecode produce and expect; the
+Step1X scaling (FLUX latent format, 0.3611·(z − 0.1159), SPEC.md §6.2) is applied by the sampler.
+"""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..model.image_io import INPUT_RESAMPLE, resize_back, resize_to_size_level
+from .common import (
+    CATEGORY,
+    FLUX_LATENT_CHANNELS,
+    FLUX_VAE_DOWNSCALE,
+    ORIGINAL_SIZE_KEY,
+    decoded_to_uint8,
+    image_to_uint8,
+    uint8_to_image,
+)
+
+MIN_IMAGE_SIDE = 16                          # one DiT token covers 16×16 pixels (SPEC.md §6.4)
+MAX_IMAGE_SIDE = 16384                       # ComfyUI's own image size limit (nodes.py MAX_RESOLUTION)
+DEFAULT_SIZE_LEVEL = 512                     # official default (SPEC.md §6)
+OUTPUT_SIZES = ("original", "sampled")
+
+
+def check_flux_vae(vae) -> None:
+    """Step1X-Edit works in the 16-channel, 8× FLUX latent space; refuse anything else early."""
+    channels = getattr(vae, "latent_channels", None)
+    downscale = vae.spacial_compression_encode() if hasattr(vae, "spacial_compression_encode") else None
+    if channels != FLUX_LATENT_CHANNELS or downscale != FLUX_VAE_DOWNSCALE or getattr(vae, "latent_dim", 2) != 2:
+        raise ValueError(
+            f"this VAE makes {channels}-channel latents at 1/{downscale} size; Step1X-Edit needs the FLUX VAE "
+            f"({FLUX_LATENT_CHANNELS} channels, 1/{FLUX_VAE_DOWNSCALE} size). Load ae.safetensors (Step1X-Edit's "
+            "vae.safetensors is the same file) with the Load VAE node."
+        )
+
+
+def check_image_size(width: int, height: int) -> None:
+    if min(width, height) < MIN_IMAGE_SIDE:
+        raise ValueError(f"the image is {width}×{height} px; Step1X-Edit needs at least {MIN_IMAGE_SIDE} px on each "
+                         "side. Use a larger image or upscale it first.")
+    if max(width, height) > MAX_IMAGE_SIDE:
+        raise ValueError(f"the image is {width}×{height} px; the limit is {MAX_IMAGE_SIDE} px per side. Downscale it "
+                         "first (the size level decides the working size anyway).")
+
+
+class Step1XPackRefLatent(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="Step1XPackRefLatent",
+            display_name="Pack Ref Latent",
+            category=CATEGORY,
+            description="Resizes the image by the Step1X rule (area ≈ size_level², sides multiples of 16) and "
+                        "encodes it with the FLUX VAE into the reference latent the edit starts from.",
+            inputs=[
+                io.Image.Input("image", tooltip="The photo to edit. A batch gives a batch of edits."),
+                io.Vae.Input("vae", tooltip="The FLUX VAE (ae.safetensors = Step1X-Edit's vae.safetensors, 335 MB)."),
+                io.Int.Input("size_level", default=DEFAULT_SIZE_LEVEL, min=MIN_IMAGE_SIDE, max=4096, step=16,
+                             tooltip="Working resolution: the image is resized to about size_level² pixels. "
+                                     "Official: 512 (default), 768, 1024; 1024 is ~4× slower than 512. Use the same "
+                                     "value in VLM Encode."),
+                io.Combo.Input("resize_filter", options=list(INPUT_RESAMPLE), default="lanczos",
+                               tooltip="PIL filter for the input resize: the v1.1 pipeline uses lanczos, v1.0 "
+                                       "bicubic. Use the same filter in VLM Encode."),
+            ],
+            outputs=[io.Latent.Output(display_name="ref_latent",
+                                      tooltip="Raw FLUX latent [B, 16, h/8, w/8] that remembers the original size.")],
+        )
+
+    @classmethod
+    def execute(cls, image, vae, size_level: int, resize_filter: str) -> io.NodeOutput:
+        check_flux_vae(vae)
+        height, width = image.shape[1], image.shape[2]
+        check_image_size(width, height)
+        resized = [resize_to_size_level(frame, size_level, resize_filter) for frame in image_to_uint8(image)]
+        samples = vae.encode(uint8_to_image(resized))
+        return io.NodeOutput({"samples": samples, ORIGINAL_SIZE_KEY: (width, height)})
+
+
+class Step1XUnpackDecode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="Step1XUnpackDecode",
+            display_name="Unpack/Decode",
+            category=CATEGORY,
+            description="Decodes the edited latent with the FLUX VAE and resizes it back to the input image's size "
+                        "(8-bit, bicubic, as the official pipeline does).",
+            inputs=[
+                io.Latent.Input("samples", tooltip="The edited latent from Step1X Sampler."),
+                io.Vae.Input("vae", tooltip="The same FLUX VAE as in Pack Ref Latent."),
+                io.Combo.Input("output_size", options=list(OUTPUT_SIZES), default="original",
+                               tooltip="original: the input image's size (official behaviour). sampled: the working "
+                                       "size (multiples of 16), no resize."),
+            ],
+            outputs=[io.Image.Output(tooltip="The edited image.")],
+        )
+
+    @classmethod
+    def execute(cls, samples: dict, vae, output_size: str) -> io.NodeOutput:
+        check_flux_vae(vae)
+        decoded = vae.decode(samples["samples"])
+        original = samples.get(ORIGINAL_SIZE_KEY)
+        if output_size == "sampled" or original is None:
+            return io.NodeOutput(decoded)
+        width, height = original
+        return io.NodeOutput(uint8_to_image([resize_back(frame, width, height) for frame in decoded_to_uint8(decoded)]))

@@ -1,0 +1,99 @@
+"""Load Step1X Model: the DiT file → ComfyUI MODEL (a ModelPatcher over model.dit.Step1XEdit).
+
+The network is built with ComfyUI's operations (comfy.ops.pick_operations: manual_cast when the
+weight dtype is not the compute dtype, scaled fp8 for fp8 weights), so ModelPatcher can load it
+whole, stream it layer by layer under --lowvram / --novram, and offload it between prompts.
+"""
+from __future__ import annotations
+
+import os
+
+import comfy.latent_formats
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.ops
+import folder_paths
+import torch
+from comfy_api.latest import io
+
+from ..model.attention import BACKENDS
+from ..model.checkpoint import CheckpointError
+from ..model.dit import Step1XEdit
+from ..model.loader import inspect_checkpoint, load_step1x_dit
+from .common import CATEGORY
+
+MODEL_FOLDER = "diffusion_models"
+WEIGHT_DTYPES = {"default": None, "bf16": torch.bfloat16, "fp8_e4m3fn": torch.float8_e4m3fn}
+# Compute dtypes the DiT runs in: the official run is bf16 (SPEC.md §7); fp16 overflows FLUX-type DiTs.
+COMPUTE_DTYPES = [torch.bfloat16, torch.float32]
+FP8 = torch.float8_e4m3fn
+# Bytes per element of safetensors dtype names: a parameter count from the file size, for
+# ComfyUI's dtype heuristics (mm.unet_dtype).
+SAFETENSORS_DTYPE_BYTES = {"F32": 4, "BF16": 2, "F16": 2, "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+def is_step1x_model(model) -> bool:
+    return isinstance(model, comfy.model_patcher.ModelPatcher) and isinstance(model.model, Step1XEdit)
+
+
+def _weight_and_compute_dtypes(choice: str, file_is_fp8: bool, n_params: int, load_device):
+    weight_dtype = WEIGHT_DTYPES[choice]
+    if weight_dtype is None:
+        weight_dtype = FP8 if file_is_fp8 else mm.unet_dtype(load_device, n_params, COMPUTE_DTYPES)
+    manual_cast = mm.unet_manual_cast(weight_dtype, load_device, COMPUTE_DTYPES)
+    return weight_dtype, manual_cast if manual_cast is not None else weight_dtype
+
+
+def load_step1x_model(path: str, weight_dtype_choice: str, attention: str) -> comfy.model_patcher.ModelPatcher:
+    info = inspect_checkpoint(path)
+    load_device, offload_device = mm.get_torch_device(), mm.unet_offload_device()
+    n_params = os.path.getsize(path) // SAFETENSORS_DTYPE_BYTES.get(info.stored_dtype, 2)
+    weight_dtype, compute_dtype = _weight_and_compute_dtypes(weight_dtype_choice, info.is_fp8, n_params, load_device)
+    fp8 = weight_dtype == FP8
+    operations = comfy.ops.pick_operations(weight_dtype, compute_dtype, load_device=load_device,
+                                           scaled_fp8=FP8 if fp8 else None)
+    net, info = load_step1x_dit(path, dtype=compute_dtype if fp8 else weight_dtype, device=offload_device,
+                                operations=operations, fp8_storage=fp8)
+    net.latent_format = comfy.latent_formats.Flux()   # previews (latent_preview) and process_in/out
+    net.compute_dtype = compute_dtype
+    net.attention_backend = attention
+    net.checkpoint_name = os.path.basename(path)
+    net.eval()
+    return comfy.model_patcher.ModelPatcher(net, load_device=load_device, offload_device=offload_device)
+
+
+class Step1XModelLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="Step1XModelLoader",
+            display_name="Load Step1X Model",
+            category=CATEGORY,
+            description="Loads a Step1X-Edit DiT (v1.0 or v1.1, detected from the file) from models/diffusion_models.",
+            inputs=[
+                io.Combo.Input("ckpt_name", options=folder_paths.get_filename_list(MODEL_FOLDER),
+                               tooltip="Official single file: step1x-edit-i1258.safetensors (v1.0, 24.9 GB bf16), "
+                                       "step1x-edit-i1258-FP8.safetensors (12.4 GB) or "
+                                       "step1x-edit-v1p1-official.safetensors (v1.1). Files with a "
+                                       "'model.diffusion_model.' prefix load too."),
+                io.Combo.Input("weight_dtype", options=list(WEIGHT_DTYPES), default="default",
+                               tooltip="Storage dtype of the weights. default: fp8 files stay fp8, others use "
+                                       "ComfyUI's choice for the device (bf16 on recent GPUs, fp32 on CPU). "
+                                       "fp8_e4m3fn halves memory (12.4 GB instead of 24.9 GB) at a small quality cost."),
+                io.Combo.Input("attention", options=list(BACKENDS), default="auto",
+                               tooltip="PyTorch attention kernels to try on CUDA. auto: cuDNN, then flash, efficient, "
+                                       "math. Ignored on CPU."),
+            ],
+            outputs=[io.Model.Output(tooltip="The Step1X-Edit DiT, for Step1X Sampler.")],
+        )
+
+    @classmethod
+    def execute(cls, ckpt_name: str, weight_dtype: str, attention: str) -> io.NodeOutput:
+        path = folder_paths.get_full_path(MODEL_FOLDER, ckpt_name)
+        if path is None:
+            raise FileNotFoundError(f"{ckpt_name} is not in models/{MODEL_FOLDER}: put the Step1X-Edit DiT there "
+                                    "and press R in ComfyUI to refresh the list.")
+        try:
+            return io.NodeOutput(load_step1x_model(path, weight_dtype, attention))
+        except CheckpointError as error:
+            raise ValueError(str(error)) from None

@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""Write tiny random-weight stand-ins for the official Step1X-Edit files, in their real layouts.
+
+    python scripts/make_tiny_weights.py OUT_DIR [--comfyui .work/ComfyUI]
+
+OUT_DIR gets a ComfyUI models/ layout under the official file names, so the shipped workflows run
+unchanged on them (the edited image is noise; the point is the plumbing, sizes and file formats):
+
+  diffusion_models/step1x-edit-i1258.safetensors          v1.0 DiT, official single-file keys (SPEC §2)
+  diffusion_models/step1x-edit-v1p1-official.safetensors  v1.1 DiT (no connector.scale_factor, SPEC §12.3)
+  diffusion_models/step1x-edit-i1258-FP8.safetensors      v1.0 DiT, Linear weights in float8_e4m3fn
+  diffusion_models/step1x-edit-v1p1-prefixed.safetensors  v1.1 DiT, keys under "model.diffusion_model."
+  vae/ae.safetensors                                      FLUX VAE in ComfyUI's ae.safetensors layout
+  text_encoders/Qwen2.5-VL-7B-Instruct/                   the tiny Qwen2.5-VL of the golden fixtures
+
+The FLUX VAE keeps its full width (84 M parameters, stored in bfloat16): ComfyUI's VAELoader infers
+the FLUX VAE from key names and builds it at full size whatever the shapes say.
+Needs torch, safetensors, this repository's model/ and ComfyUI's source (for the VAE classes).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_COMFYUI = REPO_ROOT / ".work" / "ComfyUI"
+DEFAULT_TINY_VLM = REPO_ROOT.parent / "shared" / "golden" / "vlm" / "tiny-qwen25vl"
+
+# Tiny DiT: head dim 32 = sum of axes; connector input = the tiny Qwen2.5-VL hidden size (16).
+# Connector heads 1 and axes (4, 14, 14) are what model.params.detect_params infers for these shapes.
+TINY_CONFIG = {
+    "dit": {"in_channels": 64, "out_channels": 64, "vec_in_dim": 768, "context_in_dim": 32,
+            "hidden_size": 64, "mlp_ratio": 4.0, "num_heads": 2, "depth": 1, "depth_single_blocks": 1,
+            "axes_dim": [4, 14, 14], "theta": 10000, "qkv_bias": True},
+    "connector": {"in_channels": 16, "hidden_size": 32, "heads_num": 1, "depth": 1},
+}
+# FLUX autoencoder config (SPEC §1 "VAE"; ComfyUI comfy/sd.py VAE defaults with 16 latent channels).
+FLUX_VAE_CONFIG = {"double_z": True, "z_channels": 16, "resolution": 256, "in_channels": 3, "out_ch": 3,
+                   "ch": 128, "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [],
+                   "dropout": 0.0}
+# RMSNorm scales (DiT QK-norm), LayerNorm / GroupNorm weights (connector, VAE).
+NORM_SCALE_SUFFIXES = (".scale", "norm.weight", "norm1.weight", "norm2.weight", "norm_out.weight")
+COMFY_DIT_PREFIX = "model.diffusion_model."
+SEED = 0
+
+V10_FILE = "step1x-edit-i1258.safetensors"
+V11_FILE = "step1x-edit-v1p1-official.safetensors"
+FP8_FILE = "step1x-edit-i1258-FP8.safetensors"
+PREFIXED_FILE = "step1x-edit-v1p1-prefixed.safetensors"
+VAE_FILE = "ae.safetensors"
+TEXT_ENCODER_DIR = "Qwen2.5-VL-7B-Instruct"
+
+
+def _randomize(state_dict: dict, generator) -> dict:
+    """Fan-in scaled normal weights, small biases, unit norm scales: finite, non-trivial activations."""
+    import torch
+
+    out = {}
+    for key, tensor in state_dict.items():
+        if tensor.ndim >= 2:
+            fan_in = math.prod(tensor.shape[1:])
+            value = torch.randn(tensor.shape, generator=generator) / math.sqrt(fan_in)
+        elif key.endswith(NORM_SCALE_SUFFIXES):
+            value = torch.ones(tensor.shape)
+        else:
+            value = 0.02 * torch.randn(tensor.shape, generator=generator)
+        out[key] = value.contiguous()
+    return out
+
+
+def make_dit(version: str, generator) -> dict:
+    import torch
+
+    sys.path.insert(0, str(REPO_ROOT))
+    from model.dit import Step1XEdit
+    from model.params import params_from_config
+
+    model = Step1XEdit(params_from_config(TINY_CONFIG, version), device="meta")
+    shapes = {key: torch.empty(value.shape) for key, value in model.state_dict().items()}
+    return _randomize(shapes, generator)
+
+
+def make_flux_vae(comfyui_dir: Path, generator) -> dict:
+    import torch
+
+    sys.path.insert(0, str(comfyui_dir))
+    from comfy.cli_args import args
+    args.cpu = True   # importing comfy.* with a CUDA torch build needs this on a machine without GPU
+    from comfy.ldm.modules.diffusionmodules.model import Decoder, Encoder
+
+    state_dict = {}
+    for prefix, cls in (("encoder.", Encoder), ("decoder.", Decoder)):
+        with torch.device("meta"):
+            module = cls(**FLUX_VAE_CONFIG)
+        state_dict.update({prefix + k: torch.empty(v.shape) for k, v in module.state_dict().items()})
+    return {k: v.to(torch.bfloat16) for k, v in _randomize(state_dict, generator).items()}
+
+
+def to_fp8(state_dict: dict) -> dict:
+    import torch
+
+    return {k: v.to(torch.float8_e4m3fn) if v.ndim == 2 else v.to(torch.bfloat16) for k, v in state_dict.items()}
+
+
+def write_all(out_dir: Path, comfyui_dir: Path, tiny_vlm: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(SEED)
+    metadata = {"config": json.dumps(TINY_CONFIG), "note": "tiny random weights for tests, not a real model"}
+    dit_dir = out_dir / "diffusion_models"
+    dit_dir.mkdir(parents=True, exist_ok=True)
+    v10 = make_dit("v1.0", generator)
+    v11 = make_dit("v1.1", generator)
+    save_file(v10, str(dit_dir / V10_FILE), metadata)
+    save_file(v11, str(dit_dir / V11_FILE), metadata)
+    save_file(to_fp8(v10), str(dit_dir / FP8_FILE), metadata)
+    save_file({COMFY_DIT_PREFIX + k: v for k, v in v11.items()}, str(dit_dir / PREFIXED_FILE), metadata)
+
+    vae_dir = out_dir / "vae"
+    vae_dir.mkdir(parents=True, exist_ok=True)
+    save_file(make_flux_vae(comfyui_dir, generator), str(vae_dir / VAE_FILE))
+
+    text_dir = out_dir / "text_encoders" / TEXT_ENCODER_DIR
+    if text_dir.exists():
+        shutil.rmtree(text_dir)
+    shutil.copytree(tiny_vlm, text_dir)
+    text_dir.chmod(0o755)   # the golden copy is read-only; keep ours removable
+    for path in text_dir.iterdir():
+        path.chmod(0o644)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out_dir", type=Path, help="folder to fill with a models/ layout")
+    parser.add_argument("--comfyui", type=Path, default=DEFAULT_COMFYUI, help="ComfyUI source folder")
+    parser.add_argument("--tiny-vlm", type=Path, default=DEFAULT_TINY_VLM,
+                        help="tiny Qwen2.5-VL Hugging Face folder (golden fixtures)")
+    args = parser.parse_args(argv)
+    if not (args.tiny_vlm / "config.json").is_file():
+        parser.error(f"no tiny Qwen2.5-VL folder at {args.tiny_vlm}; pass --tiny-vlm")
+    write_all(args.out_dir, args.comfyui, args.tiny_vlm)
+    print(args.out_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
