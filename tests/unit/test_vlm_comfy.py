@@ -10,6 +10,7 @@ import json
 import os
 import sys
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -147,3 +148,73 @@ def test_other_text_encoders_are_refused_by_name(vlm_comfy):
         vlm_comfy.check_qwen25_vl_clip(clip_l)
     with pytest.raises(ValueError, match="not Qwen2.5-VL"):
         vlm_comfy.ComfyQwen25VL(object())
+
+
+@pytest.fixture(scope="module")
+def node(vlm_comfy):
+    return import_pack_module("nodes.node_vlm_encode")
+
+
+def _first_pipeline_case():
+    return next(load_case(name) for name in case_names() if load_case(name).size_level is not None)
+
+
+def _check_row(conditioning, index, case, k):
+    emb, options = conditioning[0]
+    assert torch.equal(options["attention_mask"][index], case.tensors["mask"][k])
+    err = max_abs_error(emb[index], case.tensors["emb"][k])
+    assert err <= tolerance("emb_abs"), f"{case.name} row {k}: emb max abs error {err:.3e}"
+
+
+def test_node_schema_has_the_agreed_interface(node):
+    schema = node.Step1XVLMEncode.define_schema()
+    assert (schema.node_id, schema.display_name, schema.category) == (
+        "Step1XVLMEncode", "VLM Encode Instruction + Image", "Step1X-Edit")
+    assert [i.id for i in schema.inputs] == [
+        "image", "instruction", "negative_instruction", "size_level", "clip", "hf_folder"]
+    assert all(i.tooltip for i in schema.inputs) and all(o.tooltip for o in schema.outputs)
+    assert [i.optional for i in schema.inputs[-2:]] == [True, True]
+
+
+def test_node_encodes_each_frame_with_both_prompts(node, encoder):
+    """RGBA batch of two: frame 0 is a fixture image, frame 1 its mirror image."""
+    case = _first_pipeline_case()
+    rgb = torch.from_numpy(np.array(case.raw_image(), dtype=np.float32) / 255.0)
+    alpha = torch.rand(rgb.shape[:2] + (1,), generator=torch.Generator().manual_seed(0))
+    frames = torch.stack([torch.cat([rgb, alpha], -1), torch.cat([rgb.flip(1), alpha], -1)])
+    cond, uncond = case.rows[0]["prompt"], case.rows[1]["prompt"]
+    out = node.Step1XVLMEncode.execute(frames, cond, uncond, case.size_level, clip=encoder.clip)
+    positive, negative = out.result
+    for conditioning in (positive, negative):
+        emb, options = conditioning[0]
+        assert emb.dtype == torch.float32 and emb.shape == (2, window()["max_length"], encoder.hidden_size)
+        assert options["attention_mask"].dtype == torch.int64
+        assert options["step1x_edit"] == node.ENCODER_RELEASE
+    _check_row(positive, 0, case, 0)
+    _check_row(negative, 0, case, 1)
+    mirrored = I.resize_for_vlm(I.image_tensor_to_pil(frames[1]), case.size_level)
+    expected = P.encode_prompt(encoder, cond, mirrored, I.llm_grid_hw(mirrored))
+    assert max_abs_error(positive[0][0][1], expected.emb) == 0.0
+    assert not torch.allclose(positive[0][0][1], positive[0][0][0])
+
+
+def test_node_hf_folder_route(node, monkeypatch):
+    import folder_paths
+
+    monkeypatch.setattr(folder_paths, "get_folder_paths", lambda name: [str(TINY_FOLDER.parent)])
+    monkeypatch.setattr(node.mm, "should_use_bf16", lambda *args, **kwargs: False)
+    assert TINY_FOLDER.name in node.list_hf_folders()
+    case = _first_pipeline_case()
+    frames = I.pil_to_image_tensor(case.raw_image())
+    out = node.Step1XVLMEncode.execute(frames, case.rows[0]["prompt"], case.rows[1]["prompt"], case.size_level,
+                                       hf_folder=TINY_FOLDER.name)
+    positive, negative = out.result
+    _check_row(positive, 0, case, 0)
+    _check_row(negative, 0, case, 1)
+
+
+def test_node_needs_exactly_one_encoder(node, encoder):
+    with pytest.raises(ValueError, match="connect 'Load CLIP'"):
+        node.pick_runner(None, node.NO_HF_FOLDER)
+    with pytest.raises(ValueError, match="both a CLIP input and hf_folder"):
+        node.pick_runner(encoder.clip, "some-folder")

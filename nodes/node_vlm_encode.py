@@ -1,0 +1,177 @@
+"""VLM Encode Instruction + Image: Step1X-Edit's Qwen2.5-VL conditioning (spec/VLM.md).
+
+Two encoder routes, same result: ComfyUI's own Qwen2.5-VL-7B (a CLIP from 'Load CLIP', type
+qwen_image; nodes/vlm_comfy.py) or a Hugging Face folder in models/text_encoders run through
+transformers (nodes/vlm_hf.py). Both are ComfyUI-managed models, offloaded by model_management
+when the DiT needs the memory.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.utils
+import folder_paths
+import torch
+from comfy_api.latest import io
+
+from ..model.vlm_image import image_tensor_to_pil, llm_grid_hw, resize_for_vlm
+from ..model.vlm_prompt import MAX_LENGTH, Qwen25VLRunner, encode_prompt
+from .common import CATEGORY, CONDITIONING_MARKER
+from .vlm_hf import HFQwen25VL, check_hf_folder
+
+logger = logging.getLogger(__name__)
+
+ENCODER_RELEASE = "v1.0"  # value of the conditioning marker: the official embedder of v1.0 / v1.1
+HF_FOLDER_ROOT = "text_encoders"  # folder_paths key the Hugging Face folders are listed from
+NO_HF_FOLDER = "none"
+DEFAULT_SIZE_LEVEL = 512  # official default; the Gradio app suggests 512, 768, 1024
+MIN_SIZE_LEVEL, MAX_SIZE_LEVEL, SIZE_LEVEL_STEP = 256, 2048, 16
+
+_hf_models: dict[tuple[str, torch.dtype], comfy.model_patcher.ModelPatcher] = {}
+
+
+class _HFModelHolder(torch.nn.Module):
+    """What ModelPatcher manages for the HF route: it sets ``.device`` on its model, which a
+    transformers model (read-only ``device`` property) does not allow."""
+
+    def __init__(self, runner: HFQwen25VL) -> None:
+        super().__init__()
+        self.qwen25_vl = runner.model
+        self.runner = runner
+        self.device = None
+
+
+def list_hf_folders() -> list[str]:
+    """Sub-folders of models/text_encoders that hold a config.json (Hugging Face model folders)."""
+    names = set()
+    for root in folder_paths.get_folder_paths(HF_FOLDER_ROOT):
+        root_path = Path(root)
+        if root_path.is_dir():
+            names.update(p.parent.name for p in root_path.glob("*/config.json"))
+    return sorted(names)
+
+
+def _hf_folder_path(name: str) -> Path:
+    for root in folder_paths.get_folder_paths(HF_FOLDER_ROOT):
+        candidate = Path(root) / name
+        if (candidate / "config.json").is_file():
+            return candidate
+    raise FileNotFoundError(f"no Hugging Face folder '{name}' with a config.json under models/{HF_FOLDER_ROOT}: "
+                            "put the Qwen2.5-VL-7B-Instruct download there and press R to refresh")
+
+
+def _hf_runner(name: str) -> HFQwen25VL:
+    """The HF model of folder ``name`` as a ComfyUI-managed model (cached between runs), loaded."""
+    path = _hf_folder_path(name)
+    check_hf_folder(path)
+    load_device, offload_device = mm.text_encoder_device(), mm.text_encoder_offload_device()
+    dtype = torch.bfloat16 if mm.should_use_bf16(load_device) else torch.float32
+    key = (str(path), dtype)
+    if key not in _hf_models:
+        runner = HFQwen25VL.from_folder(path, dtype=dtype, device=offload_device)
+        _hf_models.clear()  # one HF encoder in memory at a time
+        _hf_models[key] = comfy.model_patcher.ModelPatcher(_HFModelHolder(runner), load_device=load_device,
+                                                           offload_device=offload_device)
+    patcher = _hf_models[key]
+    mm.load_models_gpu([patcher], force_full_load=True)
+    return patcher.model.runner
+
+
+def pick_runner(clip, hf_folder: str) -> Qwen25VLRunner:
+    """The encoder route the inputs ask for; exactly one of ``clip`` and ``hf_folder`` must be given."""
+    use_hf = hf_folder not in (None, "", NO_HF_FOLDER)
+    if clip is not None and use_hf:
+        raise ValueError("VLM Encode got both a CLIP input and hf_folder: disconnect the CLIP input or set "
+                         f"hf_folder to '{NO_HF_FOLDER}'")
+    if clip is None and not use_hf:
+        raise ValueError("VLM Encode needs Qwen2.5-VL-7B-Instruct: connect 'Load CLIP' (type qwen_image) to "
+                         f"the clip input, or pick a Hugging Face folder of models/{HF_FOLDER_ROOT} in hf_folder")
+    if use_hf:
+        return _hf_runner(hf_folder)
+    from .vlm_comfy import ComfyQwen25VL
+
+    runner = ComfyQwen25VL(clip)
+    runner.load()
+    return runner
+
+
+def encode_image_batch(runner: Qwen25VLRunner, images: torch.Tensor, instruction: str,
+                       negative_instruction: str, size_level: int) -> tuple[list, list]:
+    """Positive and negative conditioning for every frame of ``images`` [B, H, W, C].
+
+    Each frame is resized as the Step1X pipeline does (the same resize Pack Ref Latent uses) and
+    encoded with the instruction, then with the negative instruction and the same frame.
+    Returns two ComfyUI CONDITIONING lists ``[[emb [B, 640, D] float32, {"attention_mask": [B, 640]
+    int64, "step1x_edit": release}]]``.
+    """
+    if images.ndim == 3:
+        images = images.unsqueeze(-1)
+    if images.ndim != 4:
+        raise ValueError(f"expected an IMAGE [B, H, W, C], got shape {tuple(images.shape)}")
+    progress = comfy.utils.ProgressBar(2 * images.shape[0])
+    rows: dict[str, list] = {"positive": [], "negative": []}
+    for frame in images:
+        vlm_image = resize_for_vlm(image_tensor_to_pil(frame), size_level)
+        grid = llm_grid_hw(vlm_image)
+        for role, text in (("positive", instruction), ("negative", negative_instruction)):
+            mm.throw_exception_if_processing_interrupted()
+            rows[role].append(encode_prompt(runner, text, vlm_image, grid))
+            progress.update(1)
+    device = mm.intermediate_device()
+    return tuple(
+        [[torch.stack([r.emb for r in encoded]).to(device),
+          {"attention_mask": torch.stack([r.mask for r in encoded]).to(device),
+           CONDITIONING_MARKER: ENCODER_RELEASE}]]
+        for encoded in (rows["positive"], rows["negative"]))
+
+
+class Step1XVLMEncode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="Step1XVLMEncode",
+            display_name="VLM Encode Instruction + Image",
+            category=CATEGORY,
+            description="Step1X-Edit conditioning: Qwen2.5-VL-7B-Instruct reads a fixed instruction prefix, the "
+                        "reference image and your instruction; its last hidden state (prefix dropped, 640 tokens) "
+                        "conditions the DiT. Give the encoder either as a CLIP or as a Hugging Face folder.",
+            inputs=[
+                io.Image.Input("image", tooltip="Reference image to edit. Resized like the Step1X pipeline (area "
+                               "≈ size_level², sides multiple of 16), then to 256–324 Qwen2.5-VL image tokens "
+                               "(one per 28×28 pixels). Batches encode each image; alpha is dropped."),
+                io.String.Input("instruction", multiline=True, default="",
+                                tooltip="Edit instruction, e.g. 'Add a red hat to the cat'. Text in quotes is read "
+                                        "character by character (Step1X's text-rendering trick). With a 324-token "
+                                        "image about 308 tokens fit; longer text is cut (a warning is logged)."),
+                io.String.Input("negative_instruction", multiline=True, default="",
+                                tooltip="Negative prompt, encoded with the same image. The official pipeline uses "
+                                        "an empty string."),
+                io.Int.Input("size_level", default=DEFAULT_SIZE_LEVEL, min=MIN_SIZE_LEVEL, max=MAX_SIZE_LEVEL,
+                             step=SIZE_LEVEL_STEP,
+                             tooltip="Step1X size level: use the same value as Pack Ref Latent. The official "
+                                     "default is 512 (also 768, 1024). The VLM always sees 200,704–254,016 pixels."),
+                io.Clip.Input("clip", optional=True,
+                              tooltip="ComfyUI's Qwen2.5-VL-7B: 'Load CLIP' with type qwen_image and "
+                                      "qwen_2.5_vl_7b (bf16 or fp8_scaled). Leave empty to use hf_folder."),
+                io.Combo.Input("hf_folder", options=[NO_HF_FOLDER, *list_hf_folders()], default=NO_HF_FOLDER,
+                               optional=True,
+                               tooltip=f"Or: a Hugging Face Qwen2.5-VL-7B-Instruct folder in models/{HF_FOLDER_ROOT} "
+                                       "(config.json, safetensors, tokenizer), run through transformers "
+                                       "(~16 GB in bf16). 'none' to use the clip input."),
+            ],
+            outputs=[
+                io.Conditioning.Output("positive", tooltip=f"Instruction embedding [B, {MAX_LENGTH}, 3584] with "
+                                                           "its attention mask, for the Step1X sampler."),
+                io.Conditioning.Output("negative", tooltip="Negative instruction embedding, same layout."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, image: torch.Tensor, instruction: str, negative_instruction: str, size_level: int,
+                clip=None, hf_folder: str = NO_HF_FOLDER) -> io.NodeOutput:
+        runner = pick_runner(clip, hf_folder)
+        positive, negative = encode_image_batch(runner, image, instruction, negative_instruction, size_level)
+        return io.NodeOutput(positive, negative)
