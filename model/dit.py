@@ -1,6 +1,8 @@
 """The Step1X-Edit DiT: connector + FLUX-style double/single stream blocks (SPEC.md §5).
 
-Official ``modules/model_edit.py`` ``Step1XEdit``. Parameter names equal the checkpoint keys.
+Official ``modules/model_edit.py`` ``Step1XEdit``. Parameter names equal the checkpoint keys. v1.2
+adds ``text_token_mapping`` (V12.md §2): quoted tokens' VLM input embeddings, mapped to the connector
+width, are added to the connector output before ``txt_in``.
 """
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ class Step1XEdit(nn.Module):
     llm_embedding [B, L, D], t_vec [B], mask [B, L])`` → prediction ``[B, N_img, 64]``.
 
     For an edit ``N_img = 2N`` (noisy tokens then reference tokens) and the sampler keeps the first N;
-    for text-to-image ``N_img = N``.
+    for text-to-image ``N_img = N``. v1.2 models also need ``text_embeds [B, L, D]`` (the VLM's input
+    embeddings) and ``text_mask [B, L]`` (1 on quoted tokens).
     """
 
     def __init__(self, params: Step1XParams, dtype=None, device=None, operations=nn):
@@ -42,12 +45,26 @@ class Step1XEdit(nn.Module):
         )
         self.final_layer = LastLayer(p.hidden_size, p.out_channels, **kw)
         self.connector = Qwen2Connector(params.connector, params.switches.connector_scale_factor, **kw)
+        c = params.connector
+        self.text_token_mapping = (
+            operations.Linear(c.in_channels, c.hidden_size, bias=True, dtype=dtype, device=device)
+            if params.switches.text_token_mapping else None
+        )
 
     def embed(
-        self, timesteps: Tensor, llm_embedding: Tensor, t_vec: Tensor, mask: Tensor, dtype: torch.dtype
+        self, timesteps: Tensor, llm_embedding: Tensor, t_vec: Tensor, mask: Tensor, dtype: torch.dtype,
+        text_embeds: Tensor | None = None, text_mask: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Connector and embeddings: ``(txt [B, L, H], vec [B, H])`` in ``dtype``."""
         txt, y = self.connector(llm_embedding.to(dtype), t_vec.to(dtype), mask)
+        if self.text_token_mapping is not None:
+            if text_embeds is None or text_mask is None:
+                raise ValueError(
+                    f"Step1X-Edit {self.params.version} needs text_embeds and text_mask from its own VLM encoder "
+                    "(the v1.2 'VLM Encode' node); this conditioning has only hidden states."
+                )
+            mapped = self.text_token_mapping(text_embeds.to(dtype))
+            txt = txt + mapped * text_mask[..., None].to(mapped.dtype)
         vec = self.time_in(timestep_embedding(timesteps.to(dtype), TIME_EMBED_DIM)) + self.vector_in(y)
         return self.txt_in(txt), vec
 
@@ -73,7 +90,9 @@ class Step1XEdit(nn.Module):
         llm_embedding: Tensor,
         t_vec: Tensor,
         mask: Tensor,
+        text_embeds: Tensor | None = None,
+        text_mask: Tensor | None = None,
     ) -> Tensor:
         dtype = img.dtype
-        txt, vec = self.embed(timesteps, llm_embedding, t_vec, mask, dtype)
+        txt, vec = self.embed(timesteps, llm_embedding, t_vec, mask, dtype, text_embeds, text_mask)
         return self.blocks(self.img_in(img), txt, vec, self.positions(txt_ids, img_ids))

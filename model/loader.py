@@ -1,7 +1,8 @@
-"""Load a Step1X-Edit DiT from a safetensors file (SPEC.md §2, §9 #12, §12.3; V12.md §1).
+"""Load a Step1X-Edit DiT from safetensors (SPEC.md §2, §9 #12, §12.3; V12.md §1).
 
-:func:`inspect_checkpoint` reads only the header: layout (official / diffusers, any prefix), version,
-configuration, completeness. :func:`load_step1x_dit` then builds the model on the ``meta`` device and
+The DiT is one file (official or diffusers key layout, any prefix) or a diffusers ``transformer/``
+folder of shards (:mod:`model.checkpoint_folder`). :func:`inspect_checkpoint` reads only the headers:
+layout, version (v1.0 / v1.1 / v1.2, from the keys), configuration, completeness. :func:`load_step1x_dit` then builds the model on the ``meta`` device and
 fills it with ``load_state_dict(strict=True, assign=True)`` from tensors streamed out of the file and
 converted one at a time, so a 12B model never sits in RAM twice and nothing is left half-loaded.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import torch
@@ -24,9 +26,9 @@ from .checkpoint import (
     detect_layout,
     is_scale_key,
     quantize_fp8,
-    read_header,
     read_scales,
 )
+from .checkpoint_folder import read_headers, resolve_dit_files
 from .dit import Step1XEdit
 from .key_map import Source, group_official, identity_sources
 from .params import FULL_SIZE, V10_ONLY_KEY, Step1XParams, detect_params, with_version
@@ -41,19 +43,22 @@ FP8_BLOCK_PREFIXES = ("double_blocks.", "single_blocks.")
 
 @dataclass(frozen=True)
 class CheckpointInfo:
-    path: str
+    path: str  # what the user gave: a file, a shard index or a folder
+    name: str  # the file or folder name, for messages
     params: Step1XParams
     layout: CheckpointLayout
     stored_dtype: str  # safetensors dtype of most Linear weights ("BF16", "F8_E4M3", ...)
     sources: dict[str, Source]  # official key → file keys (prefix stripped)
+    file_of: dict[str, str]  # file key (with prefix) → the safetensors file that holds it
 
     @property
     def is_fp8(self) -> bool:
         return self.stored_dtype.startswith("F8")
 
     @property
-    def name(self) -> str:
-        return os.path.basename(self.path)
+    def size_bytes(self) -> int:
+        """Bytes on disk of every file the DiT spans (for ComfyUI's memory estimates)."""
+        return sum(os.path.getsize(f) for f in set(self.file_of.values()))
 
 
 def _sources(records: dict[str, TensorRecord], layout: CheckpointLayout) -> dict[str, Source]:
@@ -75,12 +80,13 @@ def _expected_keys(params: Step1XParams) -> set[str]:
 def inspect_checkpoint(
     path: str, connector_heads: int | None = None, version: str | None = None, axes_dim=None
 ) -> CheckpointInfo:
-    """Everything about a DiT file that its header tells; raises :class:`CheckpointError`."""
-    records = read_header(path)
-    layout = detect_layout(path, records)
+    """Everything about a DiT that its headers tell; raises :class:`CheckpointError`."""
+    files = resolve_dit_files(path)
+    records, file_of = read_headers(files)
+    name = files.name
+    layout = detect_layout(name, records)
     sources = _sources(records, layout)
     shapes = {k: _shape(records, layout.prefix, s) for k, s in sources.items()}
-    name = os.path.basename(path)
     try:
         params = detect_params(shapes, connector_heads, axes_dim)
     except KeyError as err:
@@ -115,7 +121,7 @@ def inspect_checkpoint(
             "It is another model, or a Step1X-Edit file with extra parts; use the official DiT file."
         )
     linear_dtypes = Counter(records[layout.prefix + s.keys[0]].dtype for k, s in sources.items() if k.endswith(".weight"))
-    return CheckpointInfo(path, params, layout, linear_dtypes.most_common(1)[0][0], sources)
+    return CheckpointInfo(path, name, params, layout, linear_dtypes.most_common(1)[0][0], sources, file_of)
 
 
 def _linear_weight_keys(model: nn.Module) -> set[str]:
@@ -134,10 +140,17 @@ def read_state_dict(
     """
     prefix = info.layout.prefix
     state: dict[str, torch.Tensor] = {}
-    with safe_open(info.path, framework="pt", device="cpu") as f:
-        scales = read_scales(info.path, prefix, list(f.keys())) if info.layout.fp8_scaled else {}
+    with ExitStack() as stack:
+        handles = {
+            file: stack.enter_context(safe_open(file, framework="pt", device="cpu"))
+            for file in sorted(set(info.file_of.values()))
+        }
+        scales = {}
+        if info.layout.fp8_scaled:
+            for file, handle in handles.items():
+                scales.update(read_scales(file, prefix, list(handle.keys())))
         for key, source in info.sources.items():
-            parts = [f.get_tensor(prefix + k) for k in source.keys]
+            parts = [handles[info.file_of[prefix + k]].get_tensor(prefix + k) for k in source.keys]
             fp8_parts = parts[0].dtype in FP8_DTYPES
             keep_fp8 = fp8_storage and key in linear_weight_keys and key.startswith(FP8_BLOCK_PREFIXES)
             if fp8_parts and keep_fp8 and len(parts) == 1:

@@ -1,8 +1,8 @@
 """Hyperparameters of the Step1X-Edit DiT and connector, presets, and detection from a state dict.
 
 Spec: SPEC.md §1 (full-size values), §2 (how the config follows from key names and shapes),
-§12.1 / §12.3 (what tells v1.1 from v1.0). A version is data: :class:`VersionSwitches` holds the
-few behavioural differences, the network is the same.
+§12.1 / §12.3 (what tells v1.1 from v1.0), V12.md §2–§4 and §6.2 (v1.2). A version is data:
+:class:`VersionSwitches` holds the few behavioural differences, the network is the same.
 """
 from __future__ import annotations
 
@@ -21,6 +21,15 @@ CONNECTOR_HEAD_DIM = 128
 
 # Key that marks a v1.0 checkpoint: v1.1 dropped the pooled-vector scale factor (SPEC.md §12.3).
 V10_ONLY_KEY = "connector.scale_factor"
+# Key that marks a v1.2 checkpoint: the quoted-token mapping, same name in both layouts (V12.md §1, §2).
+V12_ONLY_KEY = "text_token_mapping.weight"
+# Norm-rescaled CFG thresholds on σ ∈ [0, 1] (SPEC.md §12.2, V12.md §6.2). 1.0 never triggers (v1.0);
+# 0.93 is the official v1.1 rule; the diffusers fork compares σ·1000 with 0.93, i.e. σ > 0.00093,
+# which renormalises every step: what the v1.2 release does.
+RENORM_NEVER = 1.0
+RENORM_OFFICIAL = 0.93
+FORK_TIMESTEP_SCALE = 1000
+RENORM_EVERY_STEP = RENORM_OFFICIAL / FORK_TIMESTEP_SCALE
 # Keys that identify a Step1X-Edit DiT in the official single-file layout (SPEC.md §2).
 IDENTIFYING_KEYS = ("connector.S.input_embedder.weight", "double_blocks.0.img_attn.qkv.weight")
 
@@ -67,21 +76,29 @@ class VersionSwitches:
     """Everything that differs between releases that share the network (SPEC.md §12.1).
 
     connector_scale_factor: pooled vector is ``global_proj_out(x̄·(1+s))`` (v1.0) or ``global_proj_out(x̄)``.
-    ref_id_offset: reference tokens get ids ``(o, r+o, c+o)``; 0 in v1.0, 1 in v1.1.
+    ref_id_offset: reference tokens get ids ``(o, r+o, c+o)``; 0 in v1.0, 1 in v1.1; axis 0 only in v1.2.
     renorm_threshold: the release's default for norm-rescaled CFG, used on steps with ``t > threshold``;
-        1.0 never triggers (v1.0), 0.93 is the v1.1 pipeline.
+        1.0 never triggers (v1.0), 0.93 is the v1.1 pipeline, 0.00093 (every step) the v1.2 release.
     supports_text_to_image: v1.1 added generation without a reference image (SPEC.md §12.4).
+    ref_id_offset_spatial: whether ``ref_id_offset`` also shifts rows and columns; v1.2 gives the
+        reference tokens ``(1, r, c)`` (V12.md §4).
+    text_token_mapping: the DiT adds a linear map of the VLM's input embeddings on quoted tokens to the
+        connector output (V12.md §2); the encoder then also yields those embeddings, their quote mask
+        and Qwen-derived text ids, with no padding, so cond and uncond have their own lengths (V12.md §3).
     """
 
     connector_scale_factor: bool
     ref_id_offset: float
     renorm_threshold: float
     supports_text_to_image: bool
+    ref_id_offset_spatial: bool = True
+    text_token_mapping: bool = False
 
 
 VERSIONS: dict[str, VersionSwitches] = {
-    "v1.0": VersionSwitches(True, 0.0, 1.0, False),
-    "v1.1": VersionSwitches(False, 1.0, 0.93, True),
+    "v1.0": VersionSwitches(True, 0.0, RENORM_NEVER, False),
+    "v1.1": VersionSwitches(False, 1.0, RENORM_OFFICIAL, True),
+    "v1.2": VersionSwitches(False, 1.0, RENORM_EVERY_STEP, False, ref_id_offset_spatial=False, text_token_mapping=True),
 }
 
 
@@ -153,8 +170,14 @@ def detect_params(
         depth=_block_count(shapes, "connector.S.individual_token_refiner.blocks"),
         mlp_ratio=refiner_mlp / connector_hidden,
     )
-    version = "v1.0" if V10_ONLY_KEY in shapes else "v1.1"
-    return Step1XParams(dit, connector, version)
+    return Step1XParams(dit, connector, detect_version(shapes))
+
+
+def detect_version(keys) -> str:
+    """The release a state dict belongs to, from its keys alone (SPEC.md §12.3, V12.md §1)."""
+    if V10_ONLY_KEY in keys:
+        return "v1.0"
+    return "v1.2" if V12_ONLY_KEY in keys else "v1.1"
 
 
 def _default_axes(head_dim: int) -> tuple[int, int, int]:

@@ -53,15 +53,38 @@ def require_golden_dir() -> Path:
     return GOLDEN_DIR
 
 
-@lru_cache(maxsize=None)
-def model_sets() -> tuple[FixtureSet, ...]:
-    """The top-level set and every model subset its manifest lists (e.g. ``v1_1``)."""
-    root = require_golden_dir()
+DIFFUSERS_LAYOUT = "diffusers"
+V12_FOLDER = "v1_2"
+
+
+def _subsets(root: Path) -> list[FixtureSet]:
     top = json.loads((root / "manifest.json").read_text())
-    sets = [FixtureSet(root, top)]
-    for name, sub in top.get("subsets", {}).items():
+    sets = []
+    for sub in top.get("subsets", {}).values():
         path = root / sub["manifest"]
         sets.append(FixtureSet(path.parent, json.loads(path.read_text())))
+    return sets
+
+
+@lru_cache(maxsize=None)
+def model_sets() -> tuple[FixtureSet, ...]:
+    """The top-level set and every official-layout model subset its manifest lists (e.g. ``v1_1``).
+
+    Diffusers-layout sets (v1.2, V12.md §8) have another config format: :func:`diffusers_sets`.
+    """
+    root = require_golden_dir()
+    top = FixtureSet(root, json.loads((root / "manifest.json").read_text()))
+    return (top, *(s for s in _subsets(root) if s.manifest.get("weights_layout") != DIFFUSERS_LAYOUT))
+
+
+@lru_cache(maxsize=None)
+def diffusers_sets() -> tuple[FixtureSet, ...]:
+    """Diffusers-layout model sets: those the top manifest lists, else the ``v1_2/`` folder if present."""
+    root = require_golden_dir()
+    sets = [s for s in _subsets(root) if s.manifest.get("weights_layout") == DIFFUSERS_LAYOUT]
+    folder = root / V12_FOLDER
+    if not sets and (folder / "manifest.json").is_file():
+        sets.append(FixtureSet(folder, json.loads((folder / "manifest.json").read_text())))
     return tuple(sets)
 
 

@@ -1,0 +1,106 @@
+"""Sampling with one DiT call per CFG branch: cond and uncond text of different lengths (v1.2).
+
+v1.2's encoder keeps no padding and gives each prompt its own Qwen-derived text ids, quoted-token
+embeddings and mask (V12.md §3), so cond and uncond cannot share a batch without padding. Padding
+would change the result: the DiT's joint attention has no key mask, and padded text tokens would be
+attended. The release runs two batch-1 calls per step (V12.md §4); so does :func:`sample_per_branch`.
+The work per step equals the batched call's (same tokens, same matmuls).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .params import VersionSwitches
+from .sampling import StepCallback, guided_velocity, image_ids, pack_latent, unpack_latent
+
+
+@dataclass(frozen=True)
+class BranchText:
+    """One CFG branch's text, batch 1 (the fork's ``TextEmbedderOutput``, V12.md §3).
+
+    embedding: last VLM hidden states ``[1, L, D]``; mask: ``[1, L]`` (all ones in v1.2);
+    txt_ids: RoPE ids ``[L, 3]`` float32; text_embeds: VLM input embeddings ``[1, L, D]`` and
+    text_mask: ``[1, L]`` (1 on quoted tokens), both None for models without ``text_token_mapping``.
+    """
+
+    embedding: Tensor
+    mask: Tensor
+    txt_ids: Tensor
+    text_embeds: Tensor | None = None
+    text_mask: Tensor | None = None
+
+    def __post_init__(self):
+        length = self.embedding.shape[1]
+        if self.embedding.shape[0] != 1 or self.mask.shape != (1, length) or self.txt_ids.shape != (length, 3):
+            raise ValueError(
+                f"branch text must be batch 1 with matching lengths: embedding {tuple(self.embedding.shape)}, "
+                f"mask {tuple(self.mask.shape)}, txt_ids {tuple(self.txt_ids.shape)}"
+            )
+
+    def model_inputs(self, batch: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        """``(embedding, mask, text_embeds, text_mask)`` on ``device``, repeated to ``batch`` rows."""
+        def rows(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.to(device).expand(batch, *t.shape[1:])
+        return rows(self.embedding), rows(self.mask), rows(self.text_embeds), rows(self.text_mask)
+
+
+def reference_ids(latent_h: int, latent_w: int, switches: VersionSwitches, device=None) -> Tensor:
+    """Reference-token ids ``[N, 3]``: ``(o, r+o, c+o)`` (v1.0/v1.1) or ``(o, r, c)`` (v1.2, V12.md §4)."""
+    if switches.ref_id_offset_spatial:
+        return image_ids(latent_h, latent_w, switches.ref_id_offset, device=device)
+    ids = image_ids(latent_h, latent_w, device=device)
+    ids[:, 0] = switches.ref_id_offset
+    return ids
+
+
+def sample_per_branch(
+    model,
+    noise: Tensor,
+    ref_latent: Tensor | None,
+    cond: BranchText,
+    uncond: BranchText,
+    timesteps: Tensor,
+    cfg: float,
+    renorm_threshold: float,
+    compute_dtype: torch.dtype,
+    device: torch.device,
+    callback: StepCallback | None = None,
+) -> Tensor:
+    """Flow-matching Euler loop, cond and uncond as separate DiT calls → final latent ``[B, 16, h, w]``.
+
+    noise / ref_latent: ``[B, 16, h, w]`` in the model's latent scaling (ref_latent None: text-to-image);
+    the B images share the branch texts (the fork's ``num_images_per_prompt``). Guidance is
+    renormalised on steps with ``t > renorm_threshold`` (:func:`model.sampling.guided_velocity`).
+    """
+    batch, _, latent_h, latent_w = noise.shape
+    switches = model.params.switches
+    x = pack_latent(noise.to(device=device, dtype=torch.float32))
+    n_noise = x.shape[1]
+    ids = image_ids(latent_h, latent_w, device=device)
+    parts = [x.to(compute_dtype)]
+    if ref_latent is not None:
+        parts.append(pack_latent(ref_latent).to(device=device, dtype=compute_dtype).expand(batch, -1, -1))
+        ids = torch.cat((ids, reference_ids(latent_h, latent_w, switches, device=device)))
+    model_input = torch.cat(parts, dim=1)
+    branches = [branch.model_inputs(batch, device) for branch in (cond, uncond)]
+    pes = [model.positions(branch.txt_ids[None].to(device=device, dtype=torch.float32), ids[None])
+           for branch in (cond, uncond)]
+    t_batch = torch.empty(batch, dtype=compute_dtype, device=device)
+    times = timesteps.tolist()
+    total = len(times) - 1
+    for step, (t_curr, t_next) in enumerate(zip(times[:-1], times[1:])):
+        model_input[:, :n_noise].copy_(x)
+        t_batch.fill_(t_curr)
+        preds = []
+        for (embedding, mask, text_embeds, text_mask), pe in zip(branches, pes):
+            txt, vec = model.embed(t_batch, embedding, t_batch, mask, compute_dtype, text_embeds, text_mask)
+            preds.append(model.blocks(model.img_in(model_input), txt, vec, pe)[:, :n_noise].float())
+        velocity = guided_velocity(preds[0], preds[1], cfg, renormalise=t_curr > renorm_threshold)
+        x0 = x - t_curr * velocity
+        x = x + (t_next - t_curr) * velocity
+        if callback is not None:
+            callback(step, total, x, x0)
+    return unpack_latent(x, latent_h, latent_w)

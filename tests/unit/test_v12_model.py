@@ -1,0 +1,215 @@
+"""v1.2 DiT, loader and sampling against the diffusers-layout golden sets (golden ``v1_2/``, V12.md §8).
+
+Configs, inputs and tolerances come from each set's manifest; the diffusers config names are mapped
+onto :class:`model.params.DiTParams` here.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from model import sampling
+from model.branch_sampling import BranchText, reference_ids, sample_per_branch
+from model.checkpoint import CheckpointError
+from model.key_map import group_official
+from model.loader import inspect_checkpoint, load_step1x_dit
+from model.params import VERSIONS
+from tests.golden import assert_close, diffusers_sets, model_sets
+
+SETS = diffusers_sets()
+OFFICIAL = {s.version: s for s in model_sets()}
+pytestmark = pytest.mark.skipif(not SETS, reason="no diffusers-layout (v1.2) golden set")
+CPU = torch.device("cpu")
+
+
+def loader_kwargs(fixtures) -> dict:
+    cfg = fixtures.manifest["config"]
+    return {"connector_heads": cfg["connector_heads_num"], "axes_dim": cfg["axes_dims_rope"], "dtype": torch.float32}
+
+
+@pytest.fixture(scope="module", params=SETS, ids=[s.folder.name for s in SETS])
+def fixtures(request):
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def model(fixtures):
+    net, info = load_step1x_dit(str(fixtures.folder / "tiny_model.safetensors"), **loader_kwargs(fixtures))
+    assert info.layout.layout == "diffusers"
+    return net.eval()
+
+
+def test_version_and_config_detected_from_keys(fixtures, model):
+    cfg = fixtures.manifest["config"]
+    p = model.params
+    assert p.version == fixtures.version
+    assert (p.dit.depth, p.dit.depth_single_blocks) == (cfg["num_layers"], cfg["num_single_layers"])
+    assert (p.dit.num_heads, p.dit.head_dim) == (cfg["num_attention_heads"], cfg["attention_head_dim"])
+    assert (p.dit.in_channels, p.dit.out_channels) == (cfg["in_channels"], cfg["out_channels"])
+    assert (p.dit.context_in_dim, p.dit.vec_in_dim) == (cfg["joint_attention_dim"], cfg["vector_in_dim"])
+    assert (p.dit.mlp_ratio, p.dit.theta, list(p.dit.axes_dim)) == (cfg["mlp_ratio"], cfg["theta"], cfg["axes_dims_rope"])
+    assert (p.connector.in_channels, p.connector.hidden_size) == (cfg["connector_in_channels"], cfg["connector_hidden_size"])
+    assert p.connector.depth == cfg["connector_depth"]
+    assert p.switches.text_token_mapping == cfg["enable_text_token_mapping"]
+    assert list(model.text_token_mapping.weight.shape[::-1]) == cfg["text_token_mapping"]
+    assert not p.switches.ref_id_offset_spatial and p.switches.ref_id_offset == 1.0
+
+
+def test_dit_forward(fixtures, model):
+    t = fixtures.tensors("dit_forward.safetensors")
+    atol, rtol = fixtures.tolerance("dit_forward.safetensors")
+    with torch.no_grad():
+        out = model(t["img"], t["img_ids"][None], t["txt_ids"][None], t["timestep"], t["llm_embedding"],
+                    t["timestep"], t["mask"], t["text_embeds"], t["text_mask"])
+        txt, y = model.connector(t["llm_embedding"], t["timestep"], t["mask"])
+        mapped = model.text_token_mapping(t["text_embeds"]) * t["text_mask"][..., None]
+    assert_close(out, t["out"], atol, rtol, "dit out")
+    assert_close(txt, t["connector_txt"], atol, rtol, "connector txt")
+    assert_close(y, t["connector_y"], atol, rtol, "connector y")
+    assert_close(mapped, t["text_mapped"], atol, rtol, "text_token_mapping term")
+    assert t["text_mask"].any(), "the case must exercise the quoted-token path"
+    with pytest.raises(ValueError, match="needs text_embeds"):
+        model(t["img"], t["img_ids"][None], t["txt_ids"][None], t["timestep"], t["llm_embedding"],
+              t["timestep"], t["mask"])
+
+
+def _branch(t, role) -> BranchText:
+    return BranchText(t[f"{role}_llm_embedding"], t[f"{role}_mask"], t[f"{role}_txt_ids"],
+                      t[f"{role}_text_embeds"], t[f"{role}_text_mask"])
+
+
+def test_sampling_loop_with_separate_branches(fixtures, model):
+    entry = fixtures.entry("sampling.safetensors")
+    t = fixtures.tensors("sampling.safetensors")
+    atol, rtol = fixtures.tolerance("sampling.safetensors")
+    latent_h, latent_w = t["noise"].shape[2:]
+    n_noise = (latent_h // 2) * (latent_w // 2)
+    timesteps = sampling.get_schedule(entry["num_steps"], n_noise)
+    assert_close(timesteps, t["sigmas"], atol, rtol, "sigmas")
+    assert sampling.schedule_shift(n_noise) == pytest.approx(entry["mu"], abs=1e-12)
+    ids = torch.cat((sampling.image_ids(latent_h, latent_w), reference_ids(latent_h, latent_w, model.params.switches)))
+    assert torch.equal(ids, t["img_ids"])
+    inputs, predictions = [], []
+    hooks = [model.img_in.register_forward_hook(lambda m, a, out: inputs.append(a[0].clone())),
+             model.final_layer.register_forward_hook(lambda m, a, out: predictions.append(out[:, :n_noise]))]
+    cond, uncond = _branch(t, "cond"), _branch(t, "uncond")
+    assert cond.embedding.shape[1] != uncond.embedding.shape[1], "the case must have branches of different lengths"
+    try:
+        with torch.no_grad():
+            final = sample_per_branch(model, t["noise"], t["ref_latent"], cond, uncond, timesteps,
+                                      entry["true_cfg_scale"], model.params.switches.renorm_threshold,
+                                      torch.float32, CPU)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert len(predictions) == 2 * entry["num_steps"]
+    for step in range(entry["num_steps"]):
+        pred_cond, pred_uncond = predictions[2 * step], predictions[2 * step + 1]
+        assert_close(inputs[2 * step], t[f"step{step}_img"], atol, rtol, f"step {step} model input")
+        assert_close(pred_cond, t[f"step{step}_pred_cond"], atol, rtol, f"step {step} cond prediction")
+        assert_close(pred_uncond, t[f"step{step}_pred_uncond"], atol, rtol, f"step {step} uncond prediction")
+        norm = torch.linalg.vector_norm(pred_cond - pred_uncond, dim=-1, keepdim=True)
+        assert_close(norm, t[f"step{step}_diff_norm"], atol, rtol, f"step {step} diff norm")
+        divisor = torch.where(norm > 1, norm.pow(entry["process_norm_power"]), torch.ones_like(norm))
+        assert_close(divisor, t[f"step{step}_divisor"], atol, rtol, f"step {step} divisor")
+        assert timesteps[step].item() > model.params.switches.renorm_threshold
+    assert entry["renormalised_steps"] == "all"
+    assert_close(final, t["final_latent"], atol, rtol, "final latent")
+
+
+def test_renorm_defaults_follow_each_release():
+    """v1.2 renormalises every step of a 28-step 1024² edit (the fork's σ·1000 > 0.93); the official
+    v1.1 rule (σ > 0.93) only the first ones; v1.0 never (V12.md §6.2, SPEC.md §12.2)."""
+    times = sampling.get_schedule(28, 4096)[:-1]
+    renormalised = {v: int((times > s.renorm_threshold).sum()) for v, s in VERSIONS.items()}
+    assert renormalised["v1.2"] == 28
+    assert 0 < renormalised["v1.1"] < 28
+    assert renormalised["v1.0"] == 0
+
+
+def test_per_branch_loop_reproduces_the_batched_v11_loop():
+    """Two batch-1 calls per step give the batched loop's result within tolerance (v1.1 fixtures)."""
+    fixtures = OFFICIAL["v1.1"]
+    entry = fixtures.entry("sampling.safetensors")
+    t = fixtures.tensors("sampling.safetensors")
+    atol, rtol = fixtures.tolerance("sampling.safetensors")
+    cfg = fixtures.manifest["config"]
+    net, _ = load_step1x_dit(str(fixtures.folder / "tiny_model.safetensors"), dtype=torch.float32,
+                             connector_heads=cfg["connector"]["heads_num"], axes_dim=cfg["dit"]["axes_dim"])
+    latent_h, latent_w = t["noise"].shape[2:]
+    timesteps = sampling.get_schedule(entry["num_steps"], (latent_h // 2) * (latent_w // 2))
+    zeros = torch.zeros(t["llm_embedding"].shape[1], 3)
+    cond = BranchText(t["llm_embedding"][:1], t["mask"][:1], zeros)
+    uncond = BranchText(t["llm_embedding"][1:], t["mask"][1:], zeros)
+    with torch.no_grad():
+        final = sample_per_branch(net.eval(), t["noise"], t["ref_latent"], cond, uncond, timesteps,
+                                  entry["cfg_guidance"], entry["timesteps_truncate"], torch.float32, CPU)
+    assert_close(final, t["final_latent"], atol, rtol, "per-branch v1.1 final latent")
+
+
+def _to_diffusers(official: dict[str, torch.Tensor], diffusers_keys: list[str]) -> dict[str, torch.Tensor]:
+    """Split official tensors into the given diffusers keys (inverse of V12.md §1's map)."""
+    hidden = official["img_in.weight"].shape[0]
+    out = {}
+    for key, source in group_official(diffusers_keys).items():
+        tensor = official[key]
+        if len(source.keys) == 1:
+            out[source.keys[0]] = source.combine([tensor])  # identity, or the self-inverse half swap
+            continue
+        sizes = [hidden] * 3 + [tensor.shape[0] - 3 * hidden] if len(source.keys) == 4 else [hidden] * 3
+        out.update(zip(source.keys, tensor.split(sizes)))
+    return out
+
+
+def _write_shards(folder, state: dict[str, torch.Tensor], count: int = 2) -> None:
+    folder.mkdir(parents=True)
+    keys = sorted(state)
+    weight_map = {}
+    for index in range(count):
+        name = f"diffusion_pytorch_model-{index + 1:05d}-of-{count:05d}.safetensors"
+        part = keys[index::count]
+        save_file({k: state[k].contiguous() for k in part}, str(folder / name))
+        weight_map.update(dict.fromkeys(part, name))
+    index_file = folder / "diffusion_pytorch_model.safetensors.index.json"
+    index_file.write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+
+
+def test_sharded_transformer_folder_loads_like_the_single_file(fixtures, model, tmp_path):
+    state = load_file(str(fixtures.folder / "tiny_model.safetensors"))
+    _write_shards(tmp_path / "Step1X-Edit-v1p2" / "transformer", state)
+    for path in (tmp_path / "Step1X-Edit-v1p2", tmp_path / "Step1X-Edit-v1p2" / "transformer",
+                 tmp_path / "Step1X-Edit-v1p2" / "transformer" / "diffusion_pytorch_model.safetensors.index.json"):
+        sharded, info = load_step1x_dit(str(path), **loader_kwargs(fixtures))
+        assert info.params.version == fixtures.version and info.layout.layout == "diffusers"
+        assert len(set(info.file_of.values())) == 2
+        for key, value in model.state_dict().items():
+            assert torch.equal(sharded.state_dict()[key], value), key
+
+
+def test_v11_in_diffusers_shards_loads_as_v11(fixtures, tmp_path):
+    """v1.1 weights split into the v1.2 set's diffusers keys (minus the mapping) load as v1.1."""
+    v11 = load_file(str(OFFICIAL["v1.1"].folder / "tiny_model.safetensors"))
+    diffusers_keys = [k for k in load_file(str(fixtures.folder / "tiny_model.safetensors"))
+                      if not k.startswith("text_token_mapping.")]
+    if {k for k, v in v11.items()} != set(group_official(diffusers_keys)):
+        pytest.skip("the v1.1 and v1.2 tiny configs differ in this fixture set")
+    _write_shards(tmp_path / "transformer", _to_diffusers(v11, diffusers_keys), count=3)
+    cfg = OFFICIAL["v1.1"].manifest["config"]
+    net, info = load_step1x_dit(str(tmp_path), dtype=torch.float32, connector_heads=cfg["connector"]["heads_num"],
+                                axes_dim=cfg["dit"]["axes_dim"])
+    assert info.params.version == "v1.1" and net.text_token_mapping is None
+    for key, value in v11.items():
+        assert torch.equal(net.state_dict()[key], value), key
+
+
+def test_incomplete_shard_folder_names_the_missing_shard(fixtures, tmp_path):
+    state = load_file(str(fixtures.folder / "tiny_model.safetensors"))
+    folder = tmp_path / "transformer"
+    _write_shards(folder, state, count=2)
+    missing = sorted(folder.glob("*.safetensors"))[1]
+    missing.unlink()
+    with pytest.raises(CheckpointError, match=f"lacks 1 of its 2 shards.*{missing.name}"):
+        inspect_checkpoint(str(tmp_path), **{k: v for k, v in loader_kwargs(fixtures).items() if k != "dtype"})
