@@ -17,7 +17,6 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor, nn
 
 # LoRANetwork.LORA_PREFIX_DIT / LORA_PREFIX_TEXT_ENCODER ("lora_te3" is the Qwen2.5-VL encoder there).
