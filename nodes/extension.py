@@ -5,11 +5,13 @@ from comfy_api.latest import ComfyExtension, io
 
 from .node_latent import Step1XPackRefLatent, Step1XUnpackDecode
 from .node_loader import Step1XModelLoader
+from .node_lora import Step1XLoraLoader
 from .node_sampler import Step1XSampler
 from .node_vlm_encode import Step1XVLMEncode
 
 NODES: list[type[io.ComfyNode]] = [
     Step1XModelLoader, Step1XVLMEncode, Step1XPackRefLatent, Step1XSampler, Step1XUnpackDecode,
+    Step1XLoraLoader,
 ]
 
 
