@@ -1,0 +1,178 @@
+"""ComfyUI-side costs on one GPU (random full-size weights): low-VRAM DiT steps through ComfyUI's
+partial loading, FLUX VAE encode/decode, and the Qwen2.5-VL-7B encoder forward.
+
+Device only: ``python benchmarks/bench_pipeline.py --comfyui .work/ComfyUI --out DIR``. Writes
+``pipeline-<date>.json`` and prints a table. Not a test.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.bench_dit import GIB, edit_inputs, flops_per_step  # noqa: E402
+from model.dit import Step1XEdit  # noqa: E402
+from model.params import FULL_SIZE  # noqa: E402
+from model.sampling import sample  # noqa: E402
+from dataclasses import replace  # noqa: E402
+
+FLUX_VAE_CONFIG = {"double_z": True, "z_channels": 16, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
+                   "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
+# Qwen2.5-VL-7B-Instruct config.json (text and vision towers).
+QWEN_TEXT = dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+                 num_key_value_heads=4, vocab_size=152064, max_position_embeddings=128000, rms_norm_eps=1e-6,
+                 rope_theta=1e6, rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]})
+QWEN_VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584,
+                   patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+                   fullatt_block_indexes=[7, 15, 23, 31], in_chans=3)
+
+
+def timed(fn, repeat: int = 3, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def fill_random_from_gpu(module: torch.nn.Module, device) -> None:
+    """Random bf16 weights drawn on the GPU and copied into CPU parameters (fast for 12 B values)."""
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name.endswith("scale") or "norm" in name:
+                p.fill_(1.0)
+            else:
+                p.copy_(torch.randn(p.shape, device=device, dtype=torch.bfloat16).mul_(0.02).cpu())
+
+
+def dit_lowvram(budgets_gib: list[float], size: int, device) -> list[dict]:
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.ops
+
+    with torch.device("meta"):
+        model = Step1XEdit(FULL_SIZE["v1.1"], dtype=torch.bfloat16, operations=comfy.ops.manual_cast)
+    model.to_empty(device="cpu")
+    fill_random_from_gpu(model, device)
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=torch.device("cpu"))
+    inputs = edit_inputs(size, 28, device, model.params)
+    one = replace(inputs, timesteps=inputs.timesteps[:2])
+    rows = []
+    lin, att = flops_per_step(model.params, (size // 16) ** 2)
+    for budget in budgets_gib:
+        mm.unload_all_models()
+        mm.soft_empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        if budget:
+            patcher.load(device, lowvram_model_memory=int(budget * GIB))
+        else:
+            patcher.load(device, full_load=True)
+        with torch.no_grad():
+            s_step = timed(lambda: sample(model, one, 6.0, 0.93, 1.0, torch.bfloat16, device), repeat=3, warmup=1)
+        row = {"mode": f"lowvram-{budget:g}GiB" if budget else "bf16-comfy-full-load", "size": size, "steps": 28,
+               "cfg": True, "s_per_step": s_step, "s_per_edit": 28 * s_step, "tflops": (lin + att) / s_step / 1e12,
+               "weights_on_gpu_gib": patcher.loaded_size() / GIB,
+               "peak_allocated_gib": torch.cuda.max_memory_allocated(device) / GIB,
+               "peak_reserved_gib": torch.cuda.max_memory_reserved(device) / GIB}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        patcher.detach()
+    mm.unload_all_models()
+    del model, patcher
+    mm.soft_empty_cache()
+    return rows
+
+
+def vae_costs(size: int, device) -> dict:
+    import comfy.sd
+    from comfy.ldm.modules.diffusionmodules.model import Decoder, Encoder
+
+    state = {}
+    for prefix, cls in (("encoder.", Encoder), ("decoder.", Decoder)):
+        with torch.device(device):
+            module = cls(**FLUX_VAE_CONFIG)
+        state.update({prefix + k: v.detach().to(torch.bfloat16) * 0.02 for k, v in module.state_dict().items()})
+    vae = comfy.sd.VAE(sd=state)
+    image = torch.rand(1, size, size, 3)
+    torch.cuda.reset_peak_memory_stats(device)
+    encode_s = timed(lambda: vae.encode(image))
+    latent = vae.encode(image)
+    decode_s = timed(lambda: vae.decode(latent))
+    return {"mode": "flux-vae", "size": size, "encode_s": encode_s, "decode_s": decode_s,
+            "peak_allocated_gib": torch.cuda.max_memory_allocated(device) / GIB}
+
+
+def vlm_costs(device, image_tokens: int = 324, text_tokens: int = 248) -> dict:
+    """Two rows (instruction, negative) through Qwen2.5-VL-7B bf16: the encoder's work per edit."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    config = Qwen2_5_VLConfig(text_config=QWEN_TEXT, vision_config=QWEN_VISION, **QWEN_TEXT)
+    torch.cuda.reset_peak_memory_stats(device)
+    with torch.device(device):
+        model = Qwen2_5_VLForConditionalGeneration(config).to(torch.bfloat16).eval()
+    side = int(image_tokens**0.5) * 2  # patches per side (merge 2×2)
+    pixel_values = torch.randn(side * side, 3 * 2 * 14 * 14, device=device, dtype=torch.bfloat16)
+    grid = torch.tensor([[1, side, side]], device=device)
+    image_token_id = config.image_token_id
+    ids = torch.randint(0, 150000, (1, text_tokens + image_tokens), device=device)
+    ids[0, 218:218 + image_tokens] = image_token_id
+    mm_types = (ids == image_token_id).long()
+
+    def run():
+        with torch.no_grad():
+            for _ in range(2):
+                model(input_ids=ids, pixel_values=pixel_values, image_grid_thw=grid, mm_token_type_ids=mm_types,
+                      output_hidden_states=True)
+
+    seconds = timed(run)
+    out = {"mode": "qwen2.5-vl-7b-encode", "tokens": int(ids.shape[1]), "rows": 2, "s_per_edit": seconds,
+           "weights_gib": sum(p.numel() * p.element_size() for p in model.parameters()) / GIB,
+           "peak_allocated_gib": torch.cuda.max_memory_allocated(device) / GIB}
+    del model
+    torch.cuda.empty_cache()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--comfyui", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--budgets", type=float, nargs="+", default=[0, 6.0, 4.0])
+    parser.add_argument("--parts", nargs="+", default=["vlm", "vae", "dit"])
+    args = parser.parse_args()
+    sys.path.insert(0, str(args.comfyui.resolve()))
+    device = torch.device("cuda")
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    report = {"gpu": torch.cuda.get_device_name(device), "torch": torch.__version__, "cuda": torch.version.cuda,
+              "date": stamp, "runs": []}
+    path = args.out / f"pipeline-{stamp}.json"
+    parts = {"vlm": lambda: [vlm_costs(device)], "vae": lambda: [vae_costs(args.size, device)],
+             "dit": lambda: dit_lowvram(args.budgets, args.size, device)}
+    for part in args.parts:
+        try:
+            rows = parts[part]()
+        except Exception as err:  # keep the other parts' numbers
+            rows = [{"mode": part, "error": f"{type(err).__name__}: {err}"[:2000]}]
+        for row in rows:
+            print(json.dumps(row), flush=True)
+        report["runs"] += rows
+        path.write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
