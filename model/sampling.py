@@ -128,6 +128,36 @@ class SamplingInputs:
     timesteps: Tensor
 
 
+Predictor = Callable[[Tensor, float], tuple[Tensor, Tensor]]
+"""``predict(x, t) → (cond, uncond)``: the model's velocity for the noisy tokens ``x [B, N, 64]`` at
+time ``t``, for the instruction and the negative prompt, each ``[B, N, 64]`` float32."""
+
+
+def denoise(
+    predict: Predictor,
+    x: Tensor,
+    timesteps: Tensor,
+    cfg: float,
+    renorm_threshold: float,
+    callback: StepCallback | None = None,
+) -> Tensor:
+    """The one Euler loop: ``x ← x + (t_{i+1} − t_i)·v`` with guided ``v`` (SPEC.md §6.5, §12.2).
+
+    How the model is called (one CFG batch, one call per branch, several GPUs) is the predictor's
+    business; schedule, guidance, update and callback are the same for all of them.
+    """
+    times = timesteps.tolist()
+    total = len(times) - 1
+    for step, (t_curr, t_next) in enumerate(zip(times[:-1], times[1:])):
+        cond, uncond = predict(x, t_curr)
+        velocity = guided_velocity(cond, uncond, cfg, renormalise=t_curr > renorm_threshold)
+        x0 = x - t_curr * velocity
+        x = x + (t_next - t_curr) * velocity
+        if callback is not None:
+            callback(step, total, x, x0)
+    return x
+
+
 def sample(
     model,
     inputs: SamplingInputs,
@@ -138,7 +168,7 @@ def sample(
     device: torch.device,
     callback: StepCallback | None = None,
 ) -> Tensor:
-    """Flow-matching Euler loop with cond+uncond batched CFG → final latent ``[B, 16, h, w]`` float32.
+    """Flow-matching sampling with cond+uncond batched CFG → final latent ``[B, 16, h, w]`` float32.
 
     The model is called on the CFG batch ``[cond_0..cond_{B-1}, uncond_0..uncond_{B-1}]`` of
     ``[noisy tokens; reference tokens]``; only the first N outputs (the noisy half) are used.
@@ -159,18 +189,15 @@ def sample(
     mask = torch.cat((inputs.cond_mask, inputs.uncond_mask)).to(device)
     txt_ids = torch.zeros((1, llm_embedding.shape[1], 3), dtype=torch.float32, device=device)
     pe = model.positions(txt_ids, ids[None])
-    times = inputs.timesteps.tolist()
     t_batch = torch.empty(2 * batch, dtype=compute_dtype, device=device)
-    total = len(times) - 1
-    for step, (t_curr, t_next) in enumerate(zip(times[:-1], times[1:])):
+
+    def predict(x: Tensor, t: float) -> tuple[Tensor, Tensor]:
         model_input[:batch, :n_noise].copy_(x)
         model_input[batch:, :n_noise].copy_(x)
-        t_batch.fill_(t_curr)
+        t_batch.fill_(t)
         txt, vec = model.embed(t_batch, llm_embedding, t_batch, mask, compute_dtype)
         pred = model.blocks(model.img_in(model_input), txt, vec, pe)[:, :n_noise].float()
-        velocity = guided_velocity(pred[:batch], pred[batch:], cfg, renormalise=t_curr > renorm_threshold)
-        x0 = x - t_curr * velocity
-        x = x + (t_next - t_curr) * velocity
-        if callback is not None:
-            callback(step, total, x, x0)
+        return pred[:batch], pred[batch:]
+
+    x = denoise(predict, x, inputs.timesteps, cfg, renorm_threshold, callback)
     return unpack_latent(x, latent_h, latent_w)
