@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .params import VersionSwitches
-from .sampling import StepCallback, guided_velocity, image_ids, pack_latent, unpack_latent
+from .sampling import StepCallback, denoise, image_ids, pack_latent, unpack_latent
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ def sample_per_branch(
     device: torch.device,
     callback: StepCallback | None = None,
 ) -> Tensor:
-    """Flow-matching Euler loop, cond and uncond as separate DiT calls → final latent ``[B, 16, h, w]``.
+    """:func:`model.sampling.denoise` with cond and uncond as separate DiT calls → final latent ``[B, 16, h, w]``.
 
     noise / ref_latent: ``[B, 16, h, w]`` in the model's latent scaling (ref_latent None: text-to-image);
     the B images share the branch texts (the fork's ``num_images_per_prompt``). Guidance is
@@ -89,18 +89,15 @@ def sample_per_branch(
     pes = [model.positions(branch.txt_ids[None].to(device=device, dtype=torch.float32), ids[None])
            for branch in (cond, uncond)]
     t_batch = torch.empty(batch, dtype=compute_dtype, device=device)
-    times = timesteps.tolist()
-    total = len(times) - 1
-    for step, (t_curr, t_next) in enumerate(zip(times[:-1], times[1:])):
+
+    def predict(x: Tensor, t: float) -> tuple[Tensor, Tensor]:
         model_input[:, :n_noise].copy_(x)
-        t_batch.fill_(t_curr)
+        t_batch.fill_(t)
         preds = []
         for (embedding, mask, text_embeds, text_mask), pe in zip(branches, pes):
             txt, vec = model.embed(t_batch, embedding, t_batch, mask, compute_dtype, text_embeds, text_mask)
             preds.append(model.blocks(model.img_in(model_input), txt, vec, pe)[:, :n_noise].float())
-        velocity = guided_velocity(preds[0], preds[1], cfg, renormalise=t_curr > renorm_threshold)
-        x0 = x - t_curr * velocity
-        x = x + (t_next - t_curr) * velocity
-        if callback is not None:
-            callback(step, total, x, x0)
+        return preds[0], preds[1]
+
+    x = denoise(predict, x, timesteps, cfg, renorm_threshold, callback)
     return unpack_latent(x, latent_h, latent_w)
