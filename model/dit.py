@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .attention import embed_positions
+from .attention import attention, embed_positions
 from .connector import Qwen2Connector
 from .layers import DoubleStreamBlock, LastLayer, MLPEmbedder, SingleStreamBlock, timestep_embedding
 from .params import TIME_EMBED_DIM, Step1XParams
@@ -72,13 +72,16 @@ class Step1XEdit(nn.Module):
         p = self.params.dit
         return embed_positions(torch.cat((txt_ids, img_ids), dim=1), p.axes_dim, p.theta)
 
-    def blocks(self, img: Tensor, txt: Tensor, vec: Tensor, pe: Tensor) -> Tensor:
-        """The 19 + 38 blocks and the final layer: image tokens ``[B, N_img, H]`` → ``[B, N_img, 64]``."""
+    def blocks(self, img: Tensor, txt: Tensor, vec: Tensor, pe: Tensor, attn=attention) -> Tensor:
+        """The 19 + 38 blocks and the final layer: image tokens ``[B, N_img, H]`` → ``[B, N_img, 64]``.
+
+        ``attn`` is the joint attention (sequence-parallel runs pass :func:`model.parallel.ulysses_attention`).
+        """
         for block in self.double_blocks:
-            img, txt = block(img, txt, vec, pe)
+            img, txt = block(img, txt, vec, pe, attn)
         x = torch.cat((txt, img), dim=1)
         for block in self.single_blocks:
-            x = block(x, vec, pe)
+            x = block(x, vec, pe, attn)
         return self.final_layer(x[:, txt.shape[1] :], vec)
 
     def forward(

@@ -127,16 +127,17 @@ class DoubleStreamBlock(nn.Module):
         self.txt_attn = SelfAttention(hidden, num_heads, qkv_bias, **kw)
         self.txt_mlp = _mlp(hidden, mlp_hidden, dtype, device, operations)
 
-    def forward(self, img: Tensor, txt: Tensor, vec: Tensor, pe: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, img: Tensor, txt: Tensor, vec: Tensor, pe: Tensor, attn=attention) -> tuple[Tensor, Tensor]:
+        """``attn`` computes the joint attention (:func:`model.attention.attention`, or a distributed one)."""
         img_shift1, img_scale1, img_gate1, img_shift2, img_scale2, img_gate2 = self.img_mod(vec)
         txt_shift1, txt_scale1, txt_gate1, txt_shift2, txt_scale2, txt_gate2 = self.txt_mod(vec)
         img_q, img_k, img_v = self.img_attn.qkv_heads(modulate(img, img_shift1, img_scale1))
         txt_q, txt_k, txt_v = self.txt_attn.qkv_heads(modulate(txt, txt_shift1, txt_scale1))
-        attn = attention(
+        joint = attn(
             torch.cat((txt_q, img_q), dim=2), torch.cat((txt_k, img_k), dim=2), torch.cat((txt_v, img_v), dim=2), pe
         )
         txt_len = txt.shape[1]
-        txt_attn, img_attn = attn[:, :txt_len], attn[:, txt_len:]
+        txt_attn, img_attn = joint[:, :txt_len], joint[:, txt_len:]
         img = img + img_gate1 * self.img_attn.proj(img_attn)
         img = img + img_gate2 * self.img_mlp(modulate(img, img_shift2, img_scale2))
         txt = txt + txt_gate1 * self.txt_attn.proj(txt_attn)
@@ -158,13 +159,12 @@ class SingleStreamBlock(nn.Module):
         self.mlp_act = nn.GELU(approximate="tanh")
         self.modulation = Modulation(hidden, double=False, dtype=dtype, device=device, operations=operations)
 
-    def forward(self, x: Tensor, vec: Tensor, pe: Tensor) -> Tensor:
+    def forward(self, x: Tensor, vec: Tensor, pe: Tensor, attn=attention) -> Tensor:
         shift, scale, gate = self.modulation(vec)
         qkv, mlp = torch.split(self.linear1(modulate(x, shift, scale)), [3 * self.hidden, self.mlp_hidden], dim=-1)
         q, k, v = rearrange(qkv, "b s (k h d) -> k b h s d", k=3, h=self.num_heads)
         q, k = self.norm(q, k, v)
-        attn = attention(q, k, v, pe)
-        return x + gate * self.linear2(torch.cat((attn, self.mlp_act(mlp)), dim=2))
+        return x + gate * self.linear2(torch.cat((attn(q, k, v, pe), self.mlp_act(mlp)), dim=2))
 
 
 class LastLayer(nn.Module):
