@@ -1,7 +1,7 @@
 """The reference image as Step1X-Edit's Qwen2.5-VL sees it (spec/VLM.md §2).
 
-Three PIL-bicubic resizes on uint8, as in the official pipeline: Step1X's own
-``input_process_image`` (size level), ``qwen_vl_utils.fetch_image`` (0.0.10 defaults) and the HF
+Three PIL resizes on uint8, as in the official pipeline: Step1X's own ``input_process_image``
+(size level; bicubic in v1.0), then bicubic ``qwen_vl_utils.fetch_image`` (0.0.10 defaults) and the HF
 ``Qwen2VLImageProcessor`` (4.49, slow) with Step1X's pixel bounds; then normalisation and the
 Qwen2-VL patch layout. PIL, numpy and torch only. The Pillow version changes bicubic pixels:
 the fixtures use Pillow 13.0.0.
@@ -14,8 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-# Step1X ``input_process_image``: sides floored to a multiple of 16 (SPEC.md §6.1).
-STEP1X_SIZE_MULTIPLE = 16
+from .sampling import size_for_level
 
 # Qwen2.5-VL vision geometry (preprocessor_config.json): 14-pixel patches, 2×2 merge, 2 frames.
 PATCH_SIZE = 14
@@ -33,23 +32,6 @@ STEP1X_MIN_PIXELS = 256 * RESIZE_FACTOR**2
 STEP1X_MAX_PIXELS = 324 * RESIZE_FACTOR**2
 # qwen_vl_utils / HF ``smart_resize`` refuse more extreme aspect ratios.
 MAX_ASPECT_RATIO = 200
-
-
-def step1x_input_size(width: int, height: int, size_level: int) -> tuple[int, int]:
-    """Official ``input_process_image`` target (w', h'): area ≈ size_level², sides multiple of 16."""
-    ratio = width / height
-    if width > height:
-        new_w = math.ceil(math.sqrt(size_level * size_level * ratio))
-        new_h = math.ceil(new_w / ratio)
-    else:
-        new_h = math.ceil(math.sqrt(size_level * size_level / ratio))
-        new_w = math.ceil(new_h * ratio)
-    new_w = new_w // STEP1X_SIZE_MULTIPLE * STEP1X_SIZE_MULTIPLE
-    new_h = new_h // STEP1X_SIZE_MULTIPLE * STEP1X_SIZE_MULTIPLE
-    if new_w == 0 or new_h == 0:
-        raise ValueError(f"a {width}×{height} image at size level {size_level} resizes to "
-                         f"{new_w}×{new_h}: the aspect ratio is too extreme for Step1X-Edit; crop it")
-    return new_w, new_h
 
 
 def smart_resize(height: int, width: int, min_pixels: int, max_pixels: int,
@@ -76,16 +58,17 @@ def _resize_bicubic(image: Image.Image, height: int, width: int) -> Image.Image:
     return image.resize((width, height), Image.Resampling.BICUBIC)
 
 
-def resize_for_vlm(image: Image.Image, size_level: int | None) -> Image.Image:
+def resize_for_vlm(image: Image.Image, size_level: int | None,
+                   step1x_resample: Image.Resampling = Image.Resampling.BICUBIC) -> Image.Image:
     """The RGB uint8 image the Qwen2.5-VL patchifier receives in the official pipeline.
 
-    ``size_level`` None skips Step1X's own resize (the image goes straight to the embedder).
-    The result has sides that are multiples of 28 and 256…324 merged tokens.
+    ``size_level`` None skips Step1X's own resize (the image goes straight to the embedder);
+    ``step1x_resample`` is that resize's filter (v1.0 code: bicubic, v1.1 code: LANCZOS, SPEC.md
+    §12.1 #6). The result has sides that are multiples of 28 and 256…324 merged tokens.
     """
     image = image.convert("RGB")
     if size_level is not None:
-        width, height = step1x_input_size(image.width, image.height, size_level)
-        image = _resize_bicubic(image, height, width)
+        image = image.resize(size_for_level(image.width, image.height, size_level), step1x_resample)
     height, width = smart_resize(image.height, image.width, FETCH_MIN_PIXELS, FETCH_MAX_PIXELS)
     image = _resize_bicubic(image, height, width)
     height, width = smart_resize(image.height, image.width, STEP1X_MIN_PIXELS, STEP1X_MAX_PIXELS)

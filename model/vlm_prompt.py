@@ -8,8 +8,9 @@ stepfun-ai/Step1X-Edit ``modules/conditioner.py`` (``Qwen25VL_7b_Embedder``).
 from __future__ import annotations
 
 import logging
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 import torch
 
@@ -45,6 +46,9 @@ VISION_END_ID = 151653
 IMAGE_PAD_ID = 151655
 # Id 0 is "!": the official mask ``ids > 0`` treats a free-standing "!" as padding (VLM.md §4).
 PADDING_ID = 0
+# How the official language model handles those tokens: v1.0 runs flash-attention 2 (no query,
+# attention output 0), v1.1 runs SDPA (key mask only). Other rows are identical (VLM.md §4).
+FLASH_PADDING_BY_RELEASE = {"v1.0": True, "v1.1": False}
 
 # Quote splitting, official ``split_string``: only quotes past this character index toggle; the
 # prefix's own quotes sit at 108 and 124 of the full template string.
@@ -117,10 +121,6 @@ class Step1XTokens:
     pieces: list[str]
     piece_ids: list[list[int]]  # raw ids of each piece, before quote stripping
     ids: list[int]  # final ids (VLM.md §3 step 4), one IMAGE_PAD_ID for the whole image
-
-    @property
-    def image_index(self) -> int:
-        return self.ids.index(IMAGE_PAD_ID)
 
 
 def tokenize_step1x(tokenize: Callable[[str], list[int]], instruction: str,
@@ -199,6 +199,31 @@ def mrope_positions(ids: torch.Tensor, llm_grid_hw: tuple[int, int]) -> torch.Te
     return positions
 
 
+@contextmanager
+def zero_outputs_where_masked(modules: Iterable[torch.nn.Module], keep: torch.Tensor,
+                              enabled: bool = True) -> Iterator[None]:
+    """While active, each module's output (or its first element) is zeroed where ``keep`` [1, L] is False.
+
+    Applied to every self-attention of the language model this gives flash-attention's padding
+    semantics (the reference): a masked token is no query, so its attention output is 0 while
+    its MLP still runs. ``enabled`` False: no hooks (SDPA semantics).
+    """
+    if not enabled:
+        yield
+        return
+    scale = keep.to(torch.float32)[..., None]
+
+    def hook(_module: torch.nn.Module, _args: tuple, output):
+        if isinstance(output, tuple):
+            return (output[0] * scale.to(output[0].device, output[0].dtype),) + output[1:]
+        return output * scale.to(output.device, output.dtype)
+
+    with ExitStack() as stack:
+        for module in modules:
+            stack.callback(module.register_forward_hook(hook).remove)
+        yield
+
+
 def drop_and_pad(hidden: torch.Tensor, drop: int = DROPPED_TOKENS,
                  max_length: int = MAX_LENGTH) -> tuple[torch.Tensor, torch.Tensor]:
     """Official slicing: ``emb[:k] = hidden[drop:drop+k]``, zeros after; ``mask[:k] = 1``.
@@ -220,9 +245,11 @@ class Qwen25VLRunner(Protocol):
     def tokenize(self, text: str) -> list[int]:
         """Ids of ``text`` without added special tokens; ``<|image_pad|>`` stays one id."""
 
-    def last_hidden_state(self, ids: torch.Tensor, positions: torch.Tensor, image: Any) -> torch.Tensor:
+    def last_hidden_state(self, ids: torch.Tensor, positions: torch.Tensor, image: Any,
+                          flash_padding: bool = True) -> torch.Tensor:
         """Final-norm output [L, D] for ids [L] (image pads expanded), positions [3, L], with
-        id-0 tokens excluded as keys and their attention output zeroed (VLM.md §4)."""
+        id-0 tokens excluded as keys and, if ``flash_padding``, their attention output zeroed
+        (VLM.md §4)."""
 
 
 @dataclass(frozen=True)
@@ -235,11 +262,14 @@ class Step1XEncoding:
 
 def encode_prompt(runner: Qwen25VLRunner, instruction: str, image: Any, llm_grid_hw: tuple[int, int],
                   prefix: str = STEP1X_PREFIX, drop: int = DROPPED_TOKENS,
-                  max_length: int = MAX_LENGTH) -> Step1XEncoding:
-    """One conditioning row: instruction + VLM-sized image -> Step1X embedding and mask (§3–§5)."""
+                  max_length: int = MAX_LENGTH, flash_padding: bool = True) -> Step1XEncoding:
+    """One conditioning row: instruction + VLM-sized image -> Step1X embedding and mask (§3–§5).
+
+    ``flash_padding``: free-standing "!" as v1.0's flash-attention padding (True) or as v1.1's SDPA.
+    """
     tokens = tokenize_step1x(runner.tokenize, instruction, prefix)
     ids = expand_image_pad(tokens.ids, llm_grid_hw[0] * llm_grid_hw[1])
     ids = torch.tensor(truncate_to_window(ids, drop, max_length), dtype=torch.long)
-    hidden = runner.last_hidden_state(ids, mrope_positions(ids, llm_grid_hw), image)
+    hidden = runner.last_hidden_state(ids, mrope_positions(ids, llm_grid_hw), image, flash_padding)
     emb, mask = drop_and_pad(hidden, drop, max_length)
     return Step1XEncoding(tokens, ids, emb, mask)

@@ -17,16 +17,19 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
+from ..model.image_io import INPUT_RESAMPLE
 from ..model.vlm_image import image_tensor_to_pil, llm_grid_hw, resize_for_vlm
-from ..model.vlm_prompt import MAX_LENGTH, Qwen25VLRunner, encode_prompt
+from ..model.vlm_prompt import FLASH_PADDING_BY_RELEASE, MAX_LENGTH, Qwen25VLRunner, encode_prompt
 from .common import CATEGORY, CONDITIONING_MARKER
 from .vlm_hf import HFQwen25VL, check_hf_folder
 
 logger = logging.getLogger(__name__)
 
-ENCODER_RELEASE = "v1.0"  # value of the conditioning marker: the official embedder of v1.0 / v1.1
+DEFAULT_RELEASE = "v1.0"  # Step1X-Edit release whose official embedder is reproduced; the marker's value
 HF_FOLDER_ROOT = "text_encoders"  # folder_paths key the Hugging Face folders are listed from
 NO_HF_FOLDER = "none"
+# Pack Ref Latent's default filter (nodes/node_latent.py): both nodes must resize the image alike.
+DEFAULT_RESIZE_FILTER = "lanczos"
 DEFAULT_SIZE_LEVEL = 512  # official default; the Gradio app suggests 512, 768, 1024
 MIN_SIZE_LEVEL, MAX_SIZE_LEVEL, SIZE_LEVEL_STEP = 256, 2048, 16
 
@@ -99,32 +102,36 @@ def pick_runner(clip, hf_folder: str) -> Qwen25VLRunner:
 
 
 def encode_image_batch(runner: Qwen25VLRunner, images: torch.Tensor, instruction: str,
-                       negative_instruction: str, size_level: int) -> tuple[list, list]:
+                       negative_instruction: str, size_level: int, resize_filter: str = "bicubic",
+                       release: str = DEFAULT_RELEASE) -> tuple[list, list]:
     """Positive and negative conditioning for every frame of ``images`` [B, H, W, C].
 
-    Each frame is resized as the Step1X pipeline does (the same resize Pack Ref Latent uses) and
-    encoded with the instruction, then with the negative instruction and the same frame.
+    Each frame is resized as the Step1X pipeline does (size level and ``resize_filter`` as in Pack
+    Ref Latent) and encoded with the instruction, then with the negative instruction and the same
+    frame.
     Returns two ComfyUI CONDITIONING lists ``[[emb [B, 640, D] float32, {"attention_mask": [B, 640]
     int64, "step1x_edit": release}]]``.
     """
-    if images.ndim == 3:
-        images = images.unsqueeze(-1)
+    if release not in FLASH_PADDING_BY_RELEASE:
+        raise ValueError(f"unknown Step1X-Edit release '{release}': use one of "
+                         f"{list(FLASH_PADDING_BY_RELEASE)}")
     if images.ndim != 4:
         raise ValueError(f"expected an IMAGE [B, H, W, C], got shape {tuple(images.shape)}")
     progress = comfy.utils.ProgressBar(2 * images.shape[0])
     rows: dict[str, list] = {"positive": [], "negative": []}
     for frame in images:
-        vlm_image = resize_for_vlm(image_tensor_to_pil(frame), size_level)
+        vlm_image = resize_for_vlm(image_tensor_to_pil(frame), size_level, INPUT_RESAMPLE[resize_filter])
         grid = llm_grid_hw(vlm_image)
         for role, text in (("positive", instruction), ("negative", negative_instruction)):
             mm.throw_exception_if_processing_interrupted()
-            rows[role].append(encode_prompt(runner, text, vlm_image, grid))
+            rows[role].append(encode_prompt(runner, text, vlm_image, grid,
+                                            flash_padding=FLASH_PADDING_BY_RELEASE[release]))
             progress.update(1)
     device = mm.intermediate_device()
     return tuple(
         [[torch.stack([r.emb for r in encoded]).to(device),
           {"attention_mask": torch.stack([r.mask for r in encoded]).to(device),
-           CONDITIONING_MARKER: ENCODER_RELEASE}]]
+           CONDITIONING_MARKER: release}]]
         for encoded in (rows["positive"], rows["negative"]))
 
 
@@ -139,39 +146,55 @@ class Step1XVLMEncode(io.ComfyNode):
                         "reference image and your instruction; its last hidden state (prefix dropped, 640 tokens) "
                         "conditions the DiT. Give the encoder either as a CLIP or as a Hugging Face folder.",
             inputs=[
-                io.Image.Input("image", tooltip="Reference image to edit. Resized like the Step1X pipeline (area "
-                               "≈ size_level², sides multiple of 16), then to 256–324 Qwen2.5-VL image tokens "
-                               "(one per 28×28 pixels). Batches encode each image; alpha is dropped."),
+                io.Image.Input("image",
+                               tooltip="Reference image to edit. Resized like the Step1X pipeline (area ≈ "
+                                       "size_level², sides multiple of 16), then to 256–324 Qwen2.5-VL image "
+                                       "tokens (one per 28×28 pixels). Batches encode each image; alpha is "
+                                       "dropped."),
                 io.String.Input("instruction", multiline=True, default="",
-                                tooltip="Edit instruction, e.g. 'Add a red hat to the cat'. Text in quotes is read "
-                                        "character by character (Step1X's text-rendering trick). With a 324-token "
-                                        "image about 308 tokens fit; longer text is cut (a warning is logged)."),
+                                tooltip="Edit instruction, e.g. 'Add a red hat to the cat'. Text in quotes is "
+                                        "read character by character (Step1X's text-rendering trick). With a "
+                                        "324-token image about 308 tokens fit; longer text is cut (a warning is "
+                                        "logged)."),
                 io.String.Input("negative_instruction", multiline=True, default="",
-                                tooltip="Negative prompt, encoded with the same image. The official pipeline uses "
-                                        "an empty string."),
+                                tooltip="Negative prompt, encoded with the same image. The official pipeline "
+                                        "uses an empty string."),
                 io.Int.Input("size_level", default=DEFAULT_SIZE_LEVEL, min=MIN_SIZE_LEVEL, max=MAX_SIZE_LEVEL,
                              step=SIZE_LEVEL_STEP,
                              tooltip="Step1X size level: use the same value as Pack Ref Latent. The official "
-                                     "default is 512 (also 768, 1024). The VLM always sees 200,704–254,016 pixels."),
+                                     "default is 512 (also 768, 1024). The VLM always sees 200,704–254,016 "
+                                     "pixels."),
+                io.Combo.Input("resize_filter", options=list(INPUT_RESAMPLE), default=DEFAULT_RESIZE_FILTER,
+                               tooltip="Filter of the Step1X resize, as in Pack Ref Latent (both nodes must "
+                                       "see the same image): v1.0 code bicubic, v1.1 code lanczos. The two "
+                                       "further resizes to 28-pixel multiples are bicubic in both."),
                 io.Clip.Input("clip", optional=True,
                               tooltip="ComfyUI's Qwen2.5-VL-7B: 'Load CLIP' with type qwen_image and "
                                       "qwen_2.5_vl_7b (bf16 or fp8_scaled). Leave empty to use hf_folder."),
                 io.Combo.Input("hf_folder", options=[NO_HF_FOLDER, *list_hf_folders()], default=NO_HF_FOLDER,
                                optional=True,
-                               tooltip=f"Or: a Hugging Face Qwen2.5-VL-7B-Instruct folder in models/{HF_FOLDER_ROOT} "
-                                       "(config.json, safetensors, tokenizer), run through transformers "
-                                       "(~16 GB in bf16). 'none' to use the clip input."),
+                               tooltip="Or: a Hugging Face Qwen2.5-VL-7B-Instruct folder in "
+                                       f"models/{HF_FOLDER_ROOT} (config.json, safetensors, tokenizer), run "
+                                       "through transformers (~16 GB in bf16). 'none' to use the clip input."),
+                io.Combo.Input("release", options=list(FLASH_PADDING_BY_RELEASE), default=DEFAULT_RELEASE,
+                               optional=True,
+                               tooltip="Official encoder to match: v1.0 (flash-attention: a free-standing "
+                                       "'!' is padding) or the v1.1 code (SDPA: it is attended). Nothing else "
+                                       "differs; the value is also the conditioning's step1x_edit marker."),
             ],
             outputs=[
-                io.Conditioning.Output("positive", tooltip=f"Instruction embedding [B, {MAX_LENGTH}, 3584] with "
-                                                           "its attention mask, for the Step1X sampler."),
+                io.Conditioning.Output("positive",
+                                       tooltip=f"Instruction embedding [B, {MAX_LENGTH}, 3584] with its attention "
+                                               "mask, for the Step1X sampler."),
                 io.Conditioning.Output("negative", tooltip="Negative instruction embedding, same layout."),
             ],
         )
 
     @classmethod
     def execute(cls, image: torch.Tensor, instruction: str, negative_instruction: str, size_level: int,
-                clip=None, hf_folder: str = NO_HF_FOLDER) -> io.NodeOutput:
+                resize_filter: str, clip=None, hf_folder: str = NO_HF_FOLDER,
+                release: str = DEFAULT_RELEASE) -> io.NodeOutput:
         runner = pick_runner(clip, hf_folder)
-        positive, negative = encode_image_batch(runner, image, instruction, negative_instruction, size_level)
+        positive, negative = encode_image_batch(runner, image, instruction, negative_instruction, size_level,
+                                                resize_filter, release)
         return io.NodeOutput(positive, negative)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any, Iterator
 
@@ -25,7 +25,7 @@ from comfy import sd1_clip
 from comfy.text_encoders import llama, qwen_vl
 
 from ..model.vlm_image import pil_to_image_tensor
-from ..model.vlm_prompt import IMAGE_PAD_ID, keep_mask
+from ..model.vlm_prompt import IMAGE_PAD_ID, keep_mask, zero_outputs_where_masked
 
 logger = logging.getLogger(__name__)
 
@@ -131,20 +131,6 @@ def _raster_order(vit: torch.nn.Module) -> Iterator[None]:
         handle.remove()
 
 
-@contextmanager
-def _zero_attention_at(layers: torch.nn.ModuleList, keep: torch.Tensor) -> Iterator[None]:
-    """Zero each self-attention output where ``keep`` [1, L] is False (flash-attention padding)."""
-    scale = keep.to(torch.float32)[..., None]
-
-    def hook(_module: torch.nn.Module, _args: tuple, output: torch.Tensor) -> torch.Tensor:
-        return output * scale.to(output.device, output.dtype)
-
-    with ExitStack() as stack:
-        for layer in layers:
-            stack.callback(layer.self_attn.register_forward_hook(hook).remove)
-        yield
-
-
 class ComfyQwen25VL:
     """Step1X encoding through the Qwen2.5-VL model of a ComfyUI CLIP object."""
 
@@ -167,7 +153,8 @@ class ComfyQwen25VL:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     @torch.no_grad()
-    def last_hidden_state(self, ids: torch.Tensor, positions: torch.Tensor, image: Image.Image) -> torch.Tensor:
+    def last_hidden_state(self, ids: torch.Tensor, positions: torch.Tensor, image: Image.Image,
+                          flash_padding: bool = True) -> torch.Tensor:
         """Final-norm output [L, D] (float32) for ids [L] (image pads expanded), positions [3, L]."""
         transformer = self.encoder.transformer  # llama.Qwen25_7BVLI
         device = transformer.get_input_embeddings().weight.device
@@ -182,7 +169,8 @@ class ComfyQwen25VL:
             raise _incompatible(f"the image was spliced as (index, tokens) {spliced}, expected "
                                 f"[({start}, {count})]")
         keep = keep_mask(ids)[None].to(device)
-        with _zero_attention_at(transformer.model.layers, keep):
+        attentions = [layer.self_attn for layer in transformer.model.layers]
+        with zero_outputs_where_masked(attentions, keep, flash_padding):
             hidden, _ = transformer.model(None, attention_mask=keep.long(), embeds=embeds,
                                           position_ids=positions.to(device), dtype=torch.float32)
         return hidden[0].float()

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from PIL import Image
 
 from ..model.vlm_image import qwen2vl_pixel_values
-from ..model.vlm_prompt import IMAGE_PAD_ID, keep_mask
+from ..model.vlm_prompt import IMAGE_PAD_ID, keep_mask, zero_outputs_where_masked
 
 logger = logging.getLogger(__name__)
 
@@ -39,26 +37,6 @@ def check_hf_folder(folder: Path) -> None:
     if model_type != QWEN25_VL_MODEL_TYPE:
         raise ValueError(f"{folder} holds a '{model_type}' model; Step1X-Edit needs Qwen2.5-VL "
                          f"(model_type '{QWEN25_VL_MODEL_TYPE}', e.g. Qwen/Qwen2.5-VL-7B-Instruct)")
-
-
-@contextmanager
-def _zero_attention_at(layers: torch.nn.ModuleList, keep: torch.Tensor) -> Iterator[None]:
-    """Zero each self-attention output at positions where ``keep`` [1, L] is False.
-
-    Flash-attention's padding semantics (the reference): a masked token is no query, so its
-    attention output is 0 while its MLP still runs.
-    """
-    scale = keep.to(torch.float32)[..., None]
-
-    def hook(_module: torch.nn.Module, _args: tuple, output: tuple) -> tuple:
-        return (output[0] * scale.to(output[0].dtype),) + tuple(output[1:])
-
-    handles = [layer.self_attn.register_forward_hook(hook) for layer in layers]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 class HFQwen25VL:
@@ -90,14 +68,16 @@ class HFQwen25VL:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     @torch.no_grad()
-    def last_hidden_state(self, ids: torch.Tensor, positions: torch.Tensor, image: Image.Image) -> torch.Tensor:
+    def last_hidden_state(self, ids: torch.Tensor, positions: torch.Tensor, image: Image.Image,
+                          flash_padding: bool = True) -> torch.Tensor:
         """Final-norm output [L, D] (float32) for ids [L] and M-RoPE positions [3, L]."""
         device = self.model.device
         dtype = self.model.dtype
         pixel_values, grid_thw = qwen2vl_pixel_values(image)
         keep = keep_mask(ids)[None].to(device)
         language_model = self.model.model.language_model
-        with _zero_attention_at(language_model.layers, keep):
+        attentions = [layer.self_attn for layer in language_model.layers]
+        with zero_outputs_where_masked(attentions, keep, flash_padding):
             out = self.model.model(
                 input_ids=ids[None].to(device),
                 attention_mask=keep.long(),

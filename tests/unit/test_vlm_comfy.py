@@ -16,7 +16,8 @@ import torch
 from safetensors.torch import load_file
 
 from tests.golden import REPO_ROOT
-from tests.unit.vlm_support import VLM_DIR, case_names, import_pack_module, load_case, max_abs_error, tolerance, window
+from tests.unit.vlm_support import (VLM_DIR, case_names, import_pack_module, load_case, max_abs_error,
+                                    release_semantics_reference, tolerance, window)
 
 COMFYUI_DIR = REPO_ROOT / os.environ.get("STEP1X_WORK", ".work") / "ComfyUI"
 TINY_FOLDER = VLM_DIR / "tiny-qwen25vl"
@@ -40,7 +41,7 @@ def vlm_comfy():
     return import_pack_module("nodes.vlm_comfy")
 
 
-def _tiny_clip(state_dict_transform=None):
+def _tiny_clip():
     """A comfy.sd.CLIP holding ComfyUI's Qwen2.5-VL classes at the tiny fixture sizes."""
     import comfy.sd
     from comfy.text_encoders import llama, qwen_image, qwen_vl
@@ -137,6 +138,16 @@ def test_comfyui_route_matches_reference(name, encoder):
         assert err <= tolerance("emb_abs"), f"{name} row {k}: emb max abs error {err:.3e}"
 
 
+@pytest.mark.parametrize("name", case_names())
+def test_comfyui_route_v1_1_sdpa_semantics(name, encoder):
+    case = load_case(name)
+    image = I.resize_for_vlm(case.raw_image(), case.size_level)
+    for k, row in enumerate(case.rows):
+        out = P.encode_prompt(encoder, row["prompt"], image, I.llm_grid_hw(image), **window(), flash_padding=False)
+        err = max_abs_error(out.emb, release_semantics_reference(case, k, flash_padding=False))
+        assert err <= tolerance("emb_abs"), f"{name} row {k}: v1.1 emb max abs error {err:.3e}"
+
+
 def test_other_text_encoders_are_refused_by_name(vlm_comfy):
     import comfy.sd
     from comfy import sd1_clip
@@ -171,9 +182,10 @@ def test_node_schema_has_the_agreed_interface(node):
     assert (schema.node_id, schema.display_name, schema.category) == (
         "Step1XVLMEncode", "VLM Encode Instruction + Image", "Step1X-Edit")
     assert [i.id for i in schema.inputs] == [
-        "image", "instruction", "negative_instruction", "size_level", "clip", "hf_folder"]
+        "image", "instruction", "negative_instruction", "size_level", "resize_filter", "clip", "hf_folder",
+        "release"]
     assert all(i.tooltip for i in schema.inputs) and all(o.tooltip for o in schema.outputs)
-    assert [i.optional for i in schema.inputs[-2:]] == [True, True]
+    assert [i.optional for i in schema.inputs[-3:]] == [True, True, True]
 
 
 def test_node_encodes_each_frame_with_both_prompts(node, encoder):
@@ -183,13 +195,13 @@ def test_node_encodes_each_frame_with_both_prompts(node, encoder):
     alpha = torch.rand(rgb.shape[:2] + (1,), generator=torch.Generator().manual_seed(0))
     frames = torch.stack([torch.cat([rgb, alpha], -1), torch.cat([rgb.flip(1), alpha], -1)])
     cond, uncond = case.rows[0]["prompt"], case.rows[1]["prompt"]
-    out = node.Step1XVLMEncode.execute(frames, cond, uncond, case.size_level, clip=encoder.clip)
+    out = node.Step1XVLMEncode.execute(frames, cond, uncond, case.size_level, "bicubic", clip=encoder.clip)
     positive, negative = out.result
     for conditioning in (positive, negative):
         emb, options = conditioning[0]
         assert emb.dtype == torch.float32 and emb.shape == (2, window()["max_length"], encoder.hidden_size)
         assert options["attention_mask"].dtype == torch.int64
-        assert options["step1x_edit"] == node.ENCODER_RELEASE
+        assert options["step1x_edit"] == node.DEFAULT_RELEASE
     _check_row(positive, 0, case, 0)
     _check_row(negative, 0, case, 1)
     mirrored = I.resize_for_vlm(I.image_tensor_to_pil(frames[1]), case.size_level)
@@ -207,7 +219,7 @@ def test_node_hf_folder_route(node, monkeypatch):
     case = _first_pipeline_case()
     frames = I.pil_to_image_tensor(case.raw_image())
     out = node.Step1XVLMEncode.execute(frames, case.rows[0]["prompt"], case.rows[1]["prompt"], case.size_level,
-                                       hf_folder=TINY_FOLDER.name)
+                                       "bicubic", hf_folder=TINY_FOLDER.name)
     positive, negative = out.result
     _check_row(positive, 0, case, 0)
     _check_row(negative, 0, case, 1)

@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from tests.unit.vlm_support import VLM_DIR, case_names, import_pack_module, load_case, max_abs_error, tolerance, window
+from tests.unit.vlm_support import (VLM_DIR, case_names, import_pack_module, load_case, max_abs_error,
+                                    release_semantics_reference, tolerance, window)
 
 HF = import_pack_module("nodes.vlm_hf")
 P = import_pack_module("model.vlm_prompt")
@@ -35,6 +36,17 @@ def test_hf_route_matches_reference(name, encoder):
         hidden = encoder.last_hidden_state(out.input_ids, P.mrope_positions(out.input_ids, grid), image)
         err = max_abs_error(hidden, case.tensors[f"last_hidden_{k}"][:length])
         assert err <= tolerance("last_hidden_abs"), f"{name} row {k}: last hidden max abs error {err:.3e}"
+
+
+@pytest.mark.parametrize("name", case_names())
+def test_hf_route_v1_1_sdpa_semantics(name, encoder):
+    """v1.1's SDPA attends to a free-standing '!': equal to v1.0 except where the fixture stores both."""
+    case = load_case(name)
+    image = I.resize_for_vlm(case.raw_image(), case.size_level)
+    for k, row in enumerate(case.rows):
+        out = P.encode_prompt(encoder, row["prompt"], image, I.llm_grid_hw(image), **window(), flash_padding=False)
+        err = max_abs_error(out.emb, release_semantics_reference(case, k, flash_padding=False))
+        assert err <= tolerance("emb_abs"), f"{name} row {k}: v1.1 emb max abs error {err:.3e}"
 
 
 def test_folder_that_is_not_qwen25_vl_is_refused(tmp_path):

@@ -9,6 +9,7 @@ from PIL import Image
 from tests.unit.vlm_support import case_names, import_pack_module, load_case, tolerance
 
 I = import_pack_module("model.vlm_image")
+S = import_pack_module("model.sampling")
 
 
 @pytest.mark.parametrize("name", case_names())
@@ -20,7 +21,7 @@ def test_step1x_resize_size_matches_embedder_input(name):
     if case.size_level is None:
         assert expected == (raw_w, raw_h)
     else:
-        assert I.step1x_input_size(raw_w, raw_h, case.size_level) == expected
+        assert S.size_for_level(raw_w, raw_h, case.size_level) == expected
 
 
 @pytest.mark.parametrize("name", case_names())
@@ -41,14 +42,6 @@ def test_pixel_values_and_grid(name):
     assert abs(pixel_values.double().abs().sum().item() - row["pixel_values_abs_sum"]) <= atol * count
 
 
-def test_step1x_input_size_spec_examples():
-    assert I.step1x_input_size(17, 13, 512) == (576, 448)
-    assert I.step1x_input_size(1920, 1080, 512) == (672, 384)
-    assert I.step1x_input_size(512, 512, 512) == (512, 512)
-    with pytest.raises(ValueError, match="aspect ratio"):
-        I.step1x_input_size(5, 8000, 512)
-
-
 def test_smart_resize_bounds():
     assert I.smart_resize(512, 512, I.STEP1X_MIN_PIXELS, I.STEP1X_MAX_PIXELS) == (504, 504)
     assert I.smart_resize(8, 8, I.FETCH_MIN_PIXELS, I.FETCH_MAX_PIXELS) == (56, 56)
@@ -64,6 +57,14 @@ def test_vlm_image_has_256_to_324_tokens(size):
     grid_h, grid_w = I.llm_grid_hw(image)
     assert image.width % 28 == 0 and image.height % 28 == 0
     assert 256 <= grid_h * grid_w <= 324
+
+
+def test_step1x_resize_filter_is_applied_before_the_vlm_resizes():
+    image = Image.effect_noise((300, 200), 64).convert("RGB")
+    bicubic = I.resize_for_vlm(image, 512)
+    lanczos = I.resize_for_vlm(image, 512, Image.Resampling.LANCZOS)
+    assert bicubic.size == lanczos.size == (588, 392)
+    assert bicubic.tobytes() != lanczos.tobytes()
 
 
 def test_image_tensor_round_trip_is_exact_for_8bit_values():
