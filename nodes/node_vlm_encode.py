@@ -7,7 +7,6 @@ when the DiT needs the memory.
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import comfy.model_management as mm
@@ -22,8 +21,6 @@ from ..model.vlm_image import image_tensor_to_pil, llm_grid_hw, resize_for_vlm
 from ..model.vlm_prompt import FLASH_PADDING_BY_RELEASE, MAX_LENGTH, Qwen25VLRunner, encode_prompt
 from .common import CATEGORY, CONDITIONING_MARKER
 from .vlm_hf import HFQwen25VL, check_hf_folder
-
-logger = logging.getLogger(__name__)
 
 DEFAULT_RELEASE = "v1.0"  # Step1X-Edit release whose official embedder is reproduced; the marker's value
 HF_FOLDER_ROOT = "text_encoders"  # folder_paths key the Hugging Face folders are listed from

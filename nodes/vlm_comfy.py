@@ -12,7 +12,6 @@ and names the release this was written for.
 from __future__ import annotations
 
 import inspect
-import logging
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any, Iterator
@@ -26,8 +25,6 @@ from comfy.text_encoders import llama, qwen_vl
 
 from ..model.vlm_image import pil_to_image_tensor
 from ..model.vlm_prompt import IMAGE_PAD_ID, keep_mask, zero_outputs_where_masked
-
-logger = logging.getLogger(__name__)
 
 TESTED_COMFYUI_VERSION = "0.3.75"
 QWEN_ENCODER_KEY = "qwen25_7b"  # attribute of the text encoder and tokenizer (comfy/text_encoders/qwen_image.py)
