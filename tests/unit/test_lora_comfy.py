@@ -86,13 +86,18 @@ def assert_bit_exact(actual: dict, expected: dict, what: str) -> None:
             f"{what}: {key} bits differ"
 
 
-@pytest.fixture
-def model(comfy, fixture_set):
+@pytest.fixture(autouse=True)
+def unload_models_after(comfy):
+    """Each test starts with nothing loaded, as a fresh prompt queue would."""
     import comfy.model_management as mm
 
-    patcher = load_model(comfy, fixture_set)
-    yield patcher
+    yield
     mm.unload_all_models()
+
+
+@pytest.fixture
+def model(comfy, fixture_set):
+    return load_model(comfy, fixture_set)
 
 
 def test_strength_one_matches_official_merge_and_unpatches_bit_exactly(comfy, fixture_set, model, lora_sd, expected):
@@ -135,8 +140,6 @@ def test_stacked_loras_add_and_come_off_one_at_a_time(comfy, fixture_set, model,
 def test_bf16_weights_get_the_official_cast_back(comfy, fixture_set, lora_sd):
     """bf16 storage: ComfyUI's fp32 patch then round-to-nearest equals model/lora.py's official rule
     within one bf16 step (only the order of the float32 factors differs)."""
-    import comfy.model_management as mm
-
     lora_module = import_pack_module("model.lora")
     model = load_model(comfy, fixture_set, "bf16")
     original = loaded_weights(model)
@@ -148,7 +151,6 @@ def test_bf16_weights_get_the_official_cast_back(comfy, fixture_set, lora_sd):
         bf16_step = torch.finfo(torch.bfloat16).eps * value.float().abs()
         assert ((merged[key].float() - value.float()).abs() <= bf16_step).all(), key
     assert_bit_exact(loaded_weights(model), original, "bf16 after unpatching")
-    mm.unload_all_models()
 
 
 def test_alpha_zero_reads_as_rank_like_the_official_loader(comfy, model, lora_sd):
@@ -174,8 +176,6 @@ def fp8_spacing(x: torch.Tensor) -> torch.Tensor:
 def test_scaled_fp8_weights_are_patched_like_comfyui_does(comfy, fixture_set, lora_sd, expected):
     """fp8 storage: each patched weight is the fp32 merge requantised with the layer's own scale —
     by ComfyUI's stochastic rounding, or clamped to the scale's range — and comes back bit-exactly."""
-    import comfy.model_management as mm
-
     model = load_model(comfy, fixture_set, "fp8_e4m3fn")
     original = loaded_weights(model)
     base = fixture_set.tensors("tiny_model.safetensors")
@@ -193,7 +193,6 @@ def test_scaled_fp8_weights_are_patched_like_comfyui_does(comfy, fixture_set, lo
         assert torch.equal(after[~in_range], target[~in_range].sign() * torch.finfo(FP8).max), key
         assert (after - target).abs().mean() < (before / scale - target).abs().mean(), f"{key} did not move"
     assert_bit_exact(loaded_weights(model), original, "fp8 after unpatching")
-    mm.unload_all_models()
 
 
 def test_ignored_keys_are_logged_with_count_and_examples(comfy, fixture_set, model, lora_sd, caplog):
