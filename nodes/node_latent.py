@@ -21,6 +21,8 @@ from .common import (
 MIN_IMAGE_SIDE = 16                          # one DiT token covers 16×16 pixels (SPEC.md §6.4)
 MAX_IMAGE_SIDE = 16384                       # ComfyUI's own image size limit (nodes.py MAX_RESOLUTION)
 DEFAULT_SIZE_LEVEL = 512                     # official default (SPEC.md §6)
+# Same range as VLM Encode's size_level (nodes/node_vlm_encode.py): both nodes must see one value.
+MIN_SIZE_LEVEL, MAX_SIZE_LEVEL, SIZE_LEVEL_STEP = 256, 2048, 16
 OUTPUT_SIZES = ("original", "sampled")
 
 
@@ -57,7 +59,8 @@ class Step1XPackRefLatent(io.ComfyNode):
             inputs=[
                 io.Image.Input("image", tooltip="The photo to edit. A batch gives a batch of edits."),
                 io.Vae.Input("vae", tooltip="The FLUX VAE (ae.safetensors = Step1X-Edit's vae.safetensors, 335 MB)."),
-                io.Int.Input("size_level", default=DEFAULT_SIZE_LEVEL, min=MIN_IMAGE_SIDE, max=4096, step=16,
+                io.Int.Input("size_level", default=DEFAULT_SIZE_LEVEL, min=MIN_SIZE_LEVEL, max=MAX_SIZE_LEVEL,
+                             step=SIZE_LEVEL_STEP,
                              tooltip="Working resolution: the image is resized to about size_level² pixels. "
                                      "Official: 512 (default), 768, 1024; 1024 is ~4× slower than 512. Use the same "
                                      "value in VLM Encode."),

@@ -21,6 +21,7 @@ DEFAULT_SEED = 42      # official CLI default (SPEC.md §6)
 DEFAULT_STEPS = 28     # official default
 DEFAULT_CFG = 6.0      # official default
 MAX_STEPS = 1000
+CFG_MIN, CFG_MAX = 0.0, 100.0
 # Norm-rescaled CFG threshold (SPEC.md §12.2): guidance is renormalised on steps with t > threshold.
 # 1.0 never triggers (the v1.0 pipeline); 0.93 is the v1.1 pipeline; "model default" follows the file.
 RENORM_CHOICES = {"model default": None, "1.0 (off, v1.0)": 1.0, "0.93 (v1.1)": 0.93}
@@ -95,7 +96,7 @@ class Step1XSampler(io.ComfyNode):
                 io.Int.Input("steps", default=DEFAULT_STEPS, min=1, max=MAX_STEPS,
                              tooltip="Sampling steps. Official: 28. Time grows linearly (about 1 s per step at 512² "
                                      "on an H100)."),
-                io.Float.Input("cfg", default=DEFAULT_CFG, min=0.0, max=100.0, step=0.1, round=0.01,
+                io.Float.Input("cfg", default=DEFAULT_CFG, min=CFG_MIN, max=CFG_MAX, step=0.1, round=0.01,
                                tooltip="Guidance scale. Official: 6.0. 1.0 still runs the negative row (no speed-up)."),
                 io.Combo.Input("cfg_renorm", options=list(RENORM_CHOICES), default="model default",
                                tooltip="Norm-rescaled CFG on the first steps (t > threshold). model default: off for "
@@ -109,10 +110,12 @@ class Step1XSampler(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, cfg: float) -> bool | str:
-        # ComfyUI's range checks let NaN through (every comparison with NaN is false); steps < 1 is
-        # already refused by the widget's min.
+        # ComfyUI's own range check lets NaN through (every comparison with NaN is false), and it skips
+        # inputs this method takes, so the range is checked here too.
         if not math.isfinite(cfg):
             return f"cfg must be a finite number, got {cfg}. The official value is {DEFAULT_CFG}."
+        if not CFG_MIN <= cfg <= CFG_MAX:
+            return f"cfg must be between {CFG_MIN} and {CFG_MAX}, got {cfg}. The official value is {DEFAULT_CFG}."
         return True
 
     @classmethod

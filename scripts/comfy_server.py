@@ -6,6 +6,7 @@ clean (its default SQLite file lives in the source tree whatever --user-director
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -29,6 +30,30 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def tiny_weights(work_dir: Path, comfyui_dir: Path, python: str = sys.executable) -> Path:
+    """Tiny random stand-ins for the official files (scripts/make_tiny_weights.py), made once per
+    generator version into <work>/tiny-weights/<hash> and reused."""
+    generator = PACK_DIR / "scripts" / "make_tiny_weights.py"
+    cache = work_dir / "tiny-weights" / hashlib.sha256(generator.read_bytes()).hexdigest()[:12]
+    if not (cache / ".complete").exists():
+        subprocess.run([python, str(generator), str(cache), "--comfyui", str(comfyui_dir)], check=True)
+        (cache / ".complete").touch()
+    return cache
+
+
+def link_models(source: Path, models_dir: Path) -> None:
+    """Symlink every entry of source/<folder>/ into models_dir/<folder>/ (ComfyUI follows links)."""
+    for folder in source.iterdir():
+        if folder.is_dir():
+            (models_dir / folder.name).mkdir(parents=True, exist_ok=True)
+            for entry in folder.iterdir():
+                link = models_dir / folder.name / entry.name
+                if link.is_symlink():
+                    link.unlink()
+                if not link.exists():
+                    link.symlink_to(entry, target_is_directory=entry.is_dir())
 
 
 def prepare_base_dir(base_dir: Path) -> Path:

@@ -22,13 +22,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_COMFYUI = REPO_ROOT / ".work" / "ComfyUI"
-DEFAULT_TINY_VLM = REPO_ROOT.parent / "shared" / "golden" / "vlm" / "tiny-qwen25vl"
+GOLDEN_DIR = Path(os.environ.get("STEP1X_GOLDEN_DIR", REPO_ROOT.parent / "shared" / "golden"))
+DEFAULT_TINY_VLM = GOLDEN_DIR / "vlm" / "tiny-qwen25vl"
 
 # Tiny DiT: head dim 32 = sum of axes; connector input = the tiny Qwen2.5-VL hidden size (16).
 # Connector heads 1 and axes (4, 14, 14) are what model.params.detect_params infers for these shapes.

@@ -2,7 +2,7 @@
 """Queue a Step1X-Edit edit on a running ComfyUI server and save the result.
 
     python scripts/queue_edit.py --image photo.png --instruction "make it snow" --out edited.png \
-        [--server 127.0.0.1:8188] [--seed 42] [--workflow workflows/step1x_edit_api.json]
+        [--server 127.0.0.1:8188] [--seed 42] [--workflow workflows/api/step1x_edit.json]
 
 Uploads the image (POST /upload/image), fills the API-format workflow (LoadImage image, the
 Step1XVLMEncode instruction, the Step1XSampler seed), queues it (POST /prompt), polls /history until
@@ -22,7 +22,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-DEFAULT_WORKFLOW = Path(__file__).resolve().parents[1] / "workflows" / "step1x_edit_api.json"
+DEFAULT_WORKFLOW = Path(__file__).resolve().parents[1] / "workflows" / "api" / "step1x_edit.json"
 POLL_INTERVAL_S = 0.25
 HTTP_TIMEOUT_S = 60
 

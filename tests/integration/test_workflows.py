@@ -1,0 +1,37 @@
+"""Every shipped API workflow runs on the tiny weights and yields an image of the expected size."""
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+from queue_edit import output_images
+from workflow_files import PHOTO_SIZE, TEST_SIZE_LEVEL, api_workflow_names, load_api, quick
+
+from model.sampling import size_for_level
+
+RUN_TIMEOUT_S = 600
+
+
+def expected_size(name: str, prompt: dict) -> tuple[int, int]:
+    classes = {n["class_type"] for n in prompt.values()}
+    if "EmptySD3LatentImage" in classes:                     # text-to-image: the requested size
+        return (TEST_SIZE_LEVEL, TEST_SIZE_LEVEL)
+    if "Step1XUnpackDecode" in classes:                       # edit: restored to the photo's size
+        return PHOTO_SIZE
+    return size_for_level(*PHOTO_SIZE, TEST_SIZE_LEVEL)       # core VAE decode: the working size
+
+
+def test_every_workflow_is_shipped():
+    assert {"step1x_edit", "step1x_edit_fp8", "step1x_edit_lowvram", "step1x_t2i_v1p1"} <= set(api_workflow_names())
+
+
+@pytest.mark.parametrize("name", api_workflow_names())
+def test_workflow_runs_and_saves_an_image_of_the_expected_size(client, name):
+    prompt = quick(load_api(name))
+    history = client.run(prompt, RUN_TIMEOUT_S)
+    images = output_images(history)
+    assert len(images) == 1
+    with Image.open(io.BytesIO(client.download(images[0]))) as image:
+        assert image.size == expected_size(name, prompt)
+        assert image.mode == "RGB"
