@@ -3,7 +3,7 @@
 The diffusers layout splits fused projections (double-block qkv into q/k/v, single-block ``linear1``
 into q/k/v/mlp) and stores the final-layer modulation as (scale, shift) instead of (shift, scale).
 :func:`group_official` turns a diffusers key list into ``official key → Source`` (which diffusers
-tensors, in which order, and how to combine them).
+tensors, in which order, and how to combine them); :func:`official_to_diffusers` goes the other way.
 """
 from __future__ import annotations
 
@@ -111,3 +111,32 @@ def group_official(diffusers_keys: Iterable[str]) -> dict[str, Source]:
 def identity_sources(keys: Iterable[str]) -> dict[str, Source]:
     """The official layout: each key is its own source."""
     return {key: Source((key,), _concat) for key in keys}
+
+
+def _split_rows(tensor: torch.Tensor, parts: int, hidden: int) -> tuple[torch.Tensor, ...]:
+    """q, k, v (3 equal row blocks) or q, k, v, mlp (single-block ``linear1``: rows H, H, H, rest)."""
+    if parts == 1:
+        return (tensor,)
+    return tensor.split([hidden] * 3 + ([tensor.shape[0] - 3 * hidden] if parts == 4 else []))
+
+
+def official_to_diffusers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The diffusers-layout state dict of an official one (inverse of :func:`group_official`, V12.md §1)."""
+    hidden = state["img_in.weight"].shape[0]
+    out: dict[str, torch.Tensor] = {}
+    for key, tensor in state.items():
+        module, param = key.rsplit(".", 1)
+        parts = module.split(".")
+        block = next(((head, table) for head, (official, table) in _BLOCKS.items() if official == parts[0]), None)
+        if block is not None and len(parts) > 2:
+            head, table = block
+            inner = ".".join(parts[2:])
+            targets = sorted((index, name) for name, (official, index) in table.items() if official == inner)
+            diffusers_param = "weight" if param == "scale" else param
+            for (_, name), chunk in zip(targets, _split_rows(tensor, len(targets), hidden)):
+                out[f"{head}.{parts[1]}.{name}.{diffusers_param}"] = chunk.contiguous()
+            continue
+        renamed = next((new + module[len(old):] for new, old in _TOP.items()
+                        if module == old or module.startswith(old + ".")), module)
+        out[f"{renamed}.{param}"] = _swap_halves([tensor]) if key.startswith(FINAL_MODULATION) else tensor
+    return out

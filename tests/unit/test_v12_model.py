@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from model import sampling
 from model.branch_sampling import BranchText, reference_ids, sample_per_branch
 from model.checkpoint import CheckpointError
-from model.key_map import group_official
+from model.key_map import group_official, official_to_diffusers
 from model.loader import inspect_checkpoint, load_step1x_dit
 from model.params import VERSIONS
 from tests.golden import assert_close, diffusers_sets, model_sets
@@ -150,20 +150,6 @@ def test_per_branch_loop_reproduces_the_batched_v11_loop():
     assert_close(final, t["final_latent"], atol, rtol, "per-branch v1.1 final latent")
 
 
-def _to_diffusers(official: dict[str, torch.Tensor], diffusers_keys: list[str]) -> dict[str, torch.Tensor]:
-    """Split official tensors into the given diffusers keys (inverse of V12.md §1's map)."""
-    hidden = official["img_in.weight"].shape[0]
-    out = {}
-    for key, source in group_official(diffusers_keys).items():
-        tensor = official[key]
-        if len(source.keys) == 1:
-            out[source.keys[0]] = source.combine([tensor])  # identity, or the self-inverse half swap
-            continue
-        sizes = [hidden] * 3 + [tensor.shape[0] - 3 * hidden] if len(source.keys) == 4 else [hidden] * 3
-        out.update(zip(source.keys, tensor.split(sizes)))
-    return out
-
-
 def _write_shards(folder, state: dict[str, torch.Tensor], count: int = 2) -> None:
     folder.mkdir(parents=True)
     keys = sorted(state)
@@ -189,20 +175,27 @@ def test_sharded_transformer_folder_loads_like_the_single_file(fixtures, model, 
             assert torch.equal(sharded.state_dict()[key], value), key
 
 
-def test_v11_in_diffusers_shards_loads_as_v11(fixtures, tmp_path):
-    """v1.1 weights split into the v1.2 set's diffusers keys (minus the mapping) load as v1.1."""
+def test_v11_in_diffusers_shards_loads_as_v11(tmp_path):
+    """v1.1 weights written in the diffusers layout (sharded) load as v1.1, every tensor intact."""
     v11 = load_file(str(OFFICIAL["v1.1"].folder / "tiny_model.safetensors"))
-    diffusers_keys = [k for k in load_file(str(fixtures.folder / "tiny_model.safetensors"))
-                      if not k.startswith("text_token_mapping.")]
-    if {k for k, v in v11.items()} != set(group_official(diffusers_keys)):
-        pytest.skip("the v1.1 and v1.2 tiny configs differ in this fixture set")
-    _write_shards(tmp_path / "transformer", _to_diffusers(v11, diffusers_keys), count=3)
+    _write_shards(tmp_path / "transformer", official_to_diffusers(v11), count=3)
     cfg = OFFICIAL["v1.1"].manifest["config"]
     net, info = load_step1x_dit(str(tmp_path), dtype=torch.float32, connector_heads=cfg["connector"]["heads_num"],
                                 axes_dim=cfg["dit"]["axes_dim"])
-    assert info.params.version == "v1.1" and net.text_token_mapping is None
+    assert info.params.version == "v1.1" and info.layout.layout == "diffusers" and net.text_token_mapping is None
     for key, value in v11.items():
         assert torch.equal(net.state_dict()[key], value), key
+
+
+def test_key_map_round_trip_is_exact(fixtures):
+    """diffusers → official (the loader's map) → diffusers gives back every tensor bit for bit."""
+    diffusers = load_file(str(fixtures.folder / "tiny_model.safetensors"))
+    official = {key: source.combine([diffusers[k] for k in source.keys])
+                for key, source in group_official(diffusers).items()}
+    again = official_to_diffusers(official)
+    assert set(again) == set(diffusers)
+    for key, value in diffusers.items():
+        assert torch.equal(again[key], value), key
 
 
 def test_incomplete_shard_folder_names_the_missing_shard(fixtures, tmp_path):
