@@ -1,11 +1,12 @@
 """ComfyUI entry point of the Step1X-Edit node pack (V3 schema, ``comfy_api.latest``).
 
-Importing this file only registers the nodes; models load when a node runs. Outside ComfyUI (for
-example when pytest imports this repository as a package) there is nothing to register.
+Importing this file only registers the nodes; models load when a node runs. ComfyUI imports
+``comfy.model_management`` before it loads custom nodes; anything else that imports this folder as
+a package (pytest, multiprocessing children) registers nothing and touches no device.
 """
-from importlib.util import find_spec
+import sys
 
-if find_spec("comfy") is not None:
+if "comfy.model_management" in sys.modules:
     try:
         from comfy_api.latest import ComfyExtension, io  # noqa: F401  (probe for the V3 schema)
     except ImportError as error:

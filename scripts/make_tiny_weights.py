@@ -12,6 +12,7 @@ unchanged on them (the edited image is noise; the point is the plumbing, sizes a
   diffusion_models/step1x-edit-v1p1-prefixed.safetensors  v1.1 DiT, keys under "model.diffusion_model."
   vae/ae.safetensors                                      FLUX VAE in ComfyUI's ae.safetensors layout
   text_encoders/Qwen2.5-VL-7B-Instruct/                   the tiny Qwen2.5-VL of the golden fixtures
+  loras/step1x-edit-lora.safetensors                      a kohya-format LoRA for the tiny DiT (SPEC §8)
 
 The FLUX VAE keeps its full width (84 M parameters, stored in bfloat16): ComfyUI's VAELoader infers
 the FLUX VAE from key names and builds it at full size whatever the shapes say.
@@ -55,6 +56,10 @@ FP8_FILE = "step1x-edit-i1258-FP8.safetensors"
 PREFIXED_FILE = "step1x-edit-v1p1-prefixed.safetensors"
 VAE_FILE = "ae.safetensors"
 TEXT_ENCODER_DIR = "Qwen2.5-VL-7B-Instruct"
+LORA_FILE = "step1x-edit-lora.safetensors"
+LORA_RANK = 4
+# Modules the tiny LoRA patches, as official module paths (kohya names replace "." by "_").
+LORA_MODULES = ("double_blocks.0.img_attn.qkv", "double_blocks.0.txt_mlp.0", "single_blocks.0.linear1", "img_in")
 
 
 def _randomize(state_dict: dict, generator) -> dict:
@@ -102,6 +107,20 @@ def make_flux_vae(comfyui_dir: Path, generator) -> dict:
     return {k: v.to(torch.bfloat16) for k, v in _randomize(state_dict, generator).items()}
 
 
+def make_lora(dit: dict, generator) -> dict:
+    """kohya layout: ``lora_unet_<path>.lora_down.weight [r, in]``, ``.lora_up.weight [out, r]``, ``.alpha``."""
+    import torch
+
+    lora = {}
+    for module in LORA_MODULES:
+        out_features, in_features = dit[f"{module}.weight"].shape
+        name = "lora_unet_" + module.replace(".", "_")
+        lora[f"{name}.lora_down.weight"] = torch.randn((LORA_RANK, in_features), generator=generator) / in_features
+        lora[f"{name}.lora_up.weight"] = torch.randn((out_features, LORA_RANK), generator=generator) / LORA_RANK
+        lora[f"{name}.alpha"] = torch.tensor(float(LORA_RANK))
+    return lora
+
+
 def to_fp8(state_dict: dict) -> dict:
     import torch
 
@@ -122,6 +141,10 @@ def write_all(out_dir: Path, comfyui_dir: Path, tiny_vlm: Path) -> None:
     save_file(v11, str(dit_dir / V11_FILE), metadata)
     save_file(to_fp8(v10), str(dit_dir / FP8_FILE), metadata)
     save_file({COMFY_DIT_PREFIX + k: v for k, v in v11.items()}, str(dit_dir / PREFIXED_FILE), metadata)
+
+    lora_dir = out_dir / "loras"
+    lora_dir.mkdir(parents=True, exist_ok=True)
+    save_file(make_lora(v11, generator), str(lora_dir / LORA_FILE))
 
     vae_dir = out_dir / "vae"
     vae_dir.mkdir(parents=True, exist_ok=True)

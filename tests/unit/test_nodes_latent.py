@@ -1,0 +1,93 @@
+"""Pack Ref Latent / Unpack-Decode with a stand-in VAE: Step1X sizing, original size kept and restored,
+VAE family and image size checks, 8-bit conversions."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.unit.comfy_support import import_node_module
+from tests.unit.vlm_support import import_pack_module
+
+PHOTO_W, PHOTO_H = 451, 300
+SIZE_LEVEL = 256
+
+
+class StandInVAE:
+    """The VAE surface the nodes use: 16 channels at 1/8 size, like ComfyUI's FLUX VAE."""
+
+    latent_dim = 2
+
+    def __init__(self, channels: int = 16, downscale: int = 8):
+        self.latent_channels = channels
+        self.downscale = downscale
+        self.encoded_shape = None
+
+    def spacial_compression_encode(self) -> int:
+        return self.downscale
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        self.encoded_shape = tuple(pixels.shape)
+        batch, height, width, _ = pixels.shape
+        return torch.zeros(batch, self.latent_channels, height // self.downscale, width // self.downscale)
+
+    def decode(self, samples: torch.Tensor) -> torch.Tensor:
+        batch, _, height, width = samples.shape
+        return torch.full((batch, height * self.downscale, width * self.downscale, 3), 0.5)
+
+
+@pytest.fixture(scope="module")
+def latent_nodes():
+    return import_node_module("nodes.node_latent")
+
+
+@pytest.fixture(scope="module")
+def sampling():
+    return import_pack_module("model.sampling")
+
+
+def photo(batch: int = 2) -> torch.Tensor:
+    return torch.rand(batch, PHOTO_H, PHOTO_W, 3)
+
+
+def test_pack_resizes_by_the_step1x_rule_and_remembers_the_size(latent_nodes, sampling):
+    vae = StandInVAE()
+    latent = latent_nodes.Step1XPackRefLatent.execute(photo(), vae, SIZE_LEVEL, "lanczos").result[0]
+    width, height = sampling.size_for_level(PHOTO_W, PHOTO_H, SIZE_LEVEL)
+    assert vae.encoded_shape == (2, height, width, 3)
+    assert latent["samples"].shape == (2, 16, height // 8, width // 8)
+    assert latent["step1x_original_size"] == (PHOTO_W, PHOTO_H)
+
+
+@pytest.mark.parametrize("output_size, expected", [("original", (PHOTO_H, PHOTO_W)), ("sampled", None)])
+def test_unpack_restores_the_original_size_or_keeps_the_working_size(latent_nodes, sampling, output_size, expected):
+    vae = StandInVAE()
+    latent = latent_nodes.Step1XPackRefLatent.execute(photo(), vae, SIZE_LEVEL, "bicubic").result[0]
+    image = latent_nodes.Step1XUnpackDecode.execute(latent, vae, output_size).result[0]
+    width, height = sampling.size_for_level(PHOTO_W, PHOTO_H, SIZE_LEVEL)
+    assert image.shape == (2, *(expected or (height, width)), 3)
+
+
+def test_a_latent_without_original_size_decodes_at_its_own_size(latent_nodes):
+    image = latent_nodes.Step1XUnpackDecode.execute({"samples": torch.zeros(1, 16, 8, 6)}, StandInVAE(),
+                                                    "original").result[0]
+    assert image.shape == (1, 64, 48, 3)
+
+
+@pytest.mark.parametrize("vae, words", [(StandInVAE(channels=4), "4-channel"), (StandInVAE(downscale=16), "1/16")])
+def test_a_vae_that_is_not_the_flux_vae_is_refused(latent_nodes, vae, words):
+    with pytest.raises(ValueError, match=words):
+        latent_nodes.check_flux_vae(vae)
+
+
+@pytest.mark.parametrize("width, height, words", [(15, 100, "at least 16"), (16385, 20, "limit is 16384")])
+def test_images_out_of_range_are_refused(latent_nodes, width, height, words):
+    with pytest.raises(ValueError, match=words):
+        latent_nodes.check_image_size(width, height)
+
+
+def test_input_pixels_round_and_decoded_pixels_truncate(latent_nodes):
+    common = import_pack_module("nodes.common")
+    levels = torch.arange(256, dtype=torch.float32).reshape(1, 16, 16, 1).repeat(1, 1, 1, 3) / 255
+    assert (common.image_to_uint8(levels)[0][..., 0].ravel() == list(range(256))).all()
+    decoded = torch.full((1, 2, 2, 3), 254.9 / 255)
+    assert (common.decoded_to_uint8(decoded)[0] == 254).all()

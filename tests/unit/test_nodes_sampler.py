@@ -1,0 +1,62 @@
+"""Step1X Sampler's input checks: conditioning family, batch sizes, cfg, latent shape."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tests.unit.comfy_support import import_node_module
+
+
+@pytest.fixture(scope="module")
+def sampler():
+    return import_node_module("nodes.node_sampler")
+
+
+def step1x_conditioning(batch: int, width: int = 16, length: int = 640) -> list:
+    mask = torch.zeros(batch, length, dtype=torch.int64)
+    mask[:, :5] = 1
+    return [[torch.randn(batch, length, width), {"attention_mask": mask, "step1x_edit": "v1.0"}]]
+
+
+def test_conditioning_from_another_family_is_refused_by_name(sampler):
+    qwen_image = [[torch.randn(1, 77, 3584), {"pooled_output": None}]]
+    with pytest.raises(ValueError, match="not from 'VLM Encode Instruction \\+ Image'"):
+        sampler.split_conditioning(qwen_image, "positive")
+
+
+def test_step1x_conditioning_gives_embedding_and_prefix_mask(sampler):
+    conditioning = step1x_conditioning(2)
+    embedding, mask = sampler.split_conditioning(conditioning, "positive")
+    assert embedding is conditioning[0][0]
+    assert mask.dtype == torch.int64 and mask[:, :5].all() and not mask[:, 5:].any()
+
+
+def test_combined_conditioning_is_refused(sampler):
+    combined = step1x_conditioning(1) + step1x_conditioning(1)
+    with pytest.raises(ValueError, match="2 entries"):
+        sampler.split_conditioning(combined, "negative")
+
+
+def test_batch_of_one_is_shared_and_mismatches_are_named(sampler):
+    assert sampler.common_batch(positive=3, negative=1, latent=3) == 3
+    with pytest.raises(ValueError, match="positive 2, negative 2, latent 3"):
+        sampler.common_batch(positive=2, negative=2, latent=3)
+
+
+@pytest.mark.parametrize("cfg, answer", [(math.nan, "finite"), (math.inf, "finite"), (-0.5, "between"),
+                                         (100.5, "between")])
+def test_bad_cfg_is_refused_with_the_official_value(sampler, cfg, answer):
+    message = sampler.Step1XSampler.validate_inputs(cfg=cfg)
+    assert isinstance(message, str) and answer in message and "6.0" in message
+
+
+def test_official_cfg_is_accepted(sampler):
+    assert sampler.Step1XSampler.validate_inputs(cfg=6.0) is True
+
+
+@pytest.mark.parametrize("shape, words", [((1, 4, 8, 8), "FLUX latents"), ((1, 16, 7, 8), "even")])
+def test_latents_that_do_not_pack_are_refused(sampler, shape, words):
+    with pytest.raises(ValueError, match=words):
+        sampler.check_latent(torch.zeros(shape), "reference")
