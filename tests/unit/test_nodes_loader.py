@@ -1,0 +1,75 @@
+"""Load Step1X Model: the DiT sits in a ModelPatcher built from comfy.ops layers, so ComfyUI can stream
+it layer by layer (--lowvram) with the same result; fp8 keeps fp8 weights with per-layer scales."""
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from tests.golden import REPO_ROOT
+from tests.unit.comfy_support import import_node_module
+from tests.unit.vlm_support import import_pack_module
+
+STEPS, LATENT_SIDE, TEXT_LEN = 2, 8, 12
+
+
+@pytest.fixture(scope="module")
+def loader():
+    return import_node_module("nodes.node_loader")
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    sys.path.insert(0, str(REPO_ROOT / "scripts"))
+    from make_tiny_weights import make_dit
+
+    path = tmp_path_factory.mktemp("dit") / "step1x-edit-v1p1-official.safetensors"
+    save_file(make_dit("v1.1", torch.Generator().manual_seed(0)), str(path))
+    return str(path)
+
+
+def edit_once(patcher) -> torch.Tensor:
+    sampling = import_pack_module("model.sampling")
+    net = patcher.model
+    width = net.params.connector.in_channels
+    generator = torch.Generator().manual_seed(1)
+    mask = torch.ones(1, TEXT_LEN, dtype=torch.int64)
+    inputs = sampling.SamplingInputs(
+        noise=sampling.make_noise(2, 1, LATENT_SIDE, LATENT_SIDE),
+        ref_latent=torch.randn(1, 16, LATENT_SIDE, LATENT_SIDE, generator=generator),
+        cond=torch.randn(1, TEXT_LEN, width, generator=generator), cond_mask=mask,
+        uncond=torch.randn(1, TEXT_LEN, width, generator=generator), uncond_mask=mask,
+        timesteps=sampling.get_schedule(STEPS, (LATENT_SIDE // 2) ** 2))
+    with torch.no_grad():
+        return sampling.sample(net, inputs, 6.0, 0.93, 1.0, net.compute_dtype, torch.device("cpu"))
+
+
+def test_every_linear_is_a_comfy_ops_layer(loader, tiny_checkpoint):
+    patcher = loader.load_step1x_model(tiny_checkpoint, "default", "auto")
+    linears = [m for m in patcher.model.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(hasattr(m, "comfy_cast_weights") for m in linears)
+    assert loader.is_step1x_model(patcher)
+    assert patcher.model.latent_format.scale_factor == 0.3611
+
+
+def test_streamed_lowvram_load_gives_the_full_load_result(loader, tiny_checkpoint):
+    full = loader.load_step1x_model(tiny_checkpoint, "default", "auto")
+    full.load(torch.device("cpu"), full_load=True)
+    expected = edit_once(full)
+    streamed = loader.load_step1x_model(tiny_checkpoint, "default", "auto")
+    streamed.load(torch.device("cpu"), lowvram_model_memory=1)   # 1 byte "free": every layer streams
+    assert streamed.model.model_lowvram
+    assert all(m.comfy_cast_weights for m in streamed.model.modules() if isinstance(m, torch.nn.Linear))
+    torch.testing.assert_close(edit_once(streamed), expected, rtol=0, atol=0)
+
+
+def test_fp8_weight_dtype_keeps_fp8_weights_with_scales(loader, tiny_checkpoint):
+    patcher = loader.load_step1x_model(tiny_checkpoint, "fp8_e4m3fn", "auto")
+    block_linear = patcher.model.double_blocks[0].img_attn.qkv
+    assert block_linear.weight.dtype == torch.float8_e4m3fn
+    assert block_linear.scale_weight.dtype == torch.float32
+    assert patcher.model.compute_dtype in (torch.bfloat16, torch.float32)
+    result = edit_once(patcher)
+    assert torch.isfinite(result).all()
