@@ -79,6 +79,31 @@ def wait_for_sampler_progress(server, client, sampler_node: str) -> None:
         socket.close()
 
 
+def test_sampler_reports_progress_and_sends_latent_previews(server, client):
+    prompt = edit_prompt(steps=3, seed=21)
+    sampler = node_id_of(prompt, "Step1XSampler")
+    socket = websocket.create_connection(f"ws://{server.address}/ws?clientId={client.client_id}",
+                                         timeout=PROGRESS_TIMEOUT_S)
+    try:
+        prompt_id = client.queue(prompt)
+        steps, previews = [], 0
+        while True:
+            message = socket.recv()
+            if isinstance(message, bytes):
+                previews += 1
+                continue
+            event = json.loads(message)
+            if event["type"] == "progress" and event["data"].get("node") == sampler:
+                steps.append((event["data"]["value"], event["data"]["max"]))
+            if event["type"] == "executing" and event["data"].get("node") is None \
+                    and event["data"].get("prompt_id") == prompt_id:
+                break
+    finally:
+        socket.close()
+    assert steps == [(1, 3), (2, 3), (3, 3)]
+    assert previews >= 3, "no latent preview images were sent"
+
+
 def test_a_running_prompt_can_be_interrupted_and_the_next_one_runs(server, client):
     long_prompt = edit_prompt(steps=LONG_RUN_STEPS, seed=11)
     prompt_id = client.queue(long_prompt)

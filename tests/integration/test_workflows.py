@@ -35,3 +35,17 @@ def test_workflow_runs_and_saves_an_image_of_the_expected_size(client, name):
     with Image.open(io.BytesIO(client.download(images[0]))) as image:
         assert image.size == expected_size(name, prompt)
         assert image.mode == "RGB"
+
+
+def test_a_batch_of_images_gives_a_batch_of_edits(client):
+    prompt = quick(load_api("step1x_edit"))
+    load = next(k for k, n in prompt.items() if n["class_type"] == "LoadImage")
+    prompt["20"] = {"class_type": "RepeatImageBatch", "inputs": {"image": [load, 0], "amount": 2}}
+    for node in prompt.values():
+        if node["class_type"] in ("Step1XVLMEncode", "Step1XPackRefLatent"):
+            node["inputs"]["image"] = ["20", 0]
+    images = output_images(client.run(prompt, RUN_TIMEOUT_S))
+    assert len(images) == 2
+    for saved in images:
+        with Image.open(io.BytesIO(client.download(saved))) as image:
+            assert image.size == PHOTO_SIZE
