@@ -62,8 +62,12 @@ def _write_text_only_encoder(folder: Path) -> None:
 
 
 def import_comfy(comfyui_dir: Path) -> None:
-    """Make ComfyUI's modules importable here; --cpu first, or a CUDA torch build looks for a driver."""
+    """Make ComfyUI's modules importable here; --cpu first, or a CUDA torch build looks for a driver.
+
+    Appended, not prepended: ComfyUI's own top-level ``tests``, ``nodes`` and ``utils`` must not shadow
+    the repository's (multiprocessing children re-import test modules through sys.path).
+    """
     if str(comfyui_dir) not in sys.path:
-        sys.path.insert(0, str(comfyui_dir))
+        sys.path.append(str(comfyui_dir))
     from comfy.cli_args import args
     args.cpu = True
