@@ -2,9 +2,10 @@
 
 The DiT is one file (official or diffusers key layout, any prefix) or a diffusers ``transformer/``
 folder of shards (:mod:`model.checkpoint_folder`). :func:`inspect_checkpoint` reads only the headers:
-layout, version (v1.0 / v1.1 / v1.2, from the keys), configuration, completeness. :func:`load_step1x_dit` then builds the model on the ``meta`` device and
-fills it with ``load_state_dict(strict=True, assign=True)`` from tensors streamed out of the file and
-converted one at a time, so a 12B model never sits in RAM twice and nothing is left half-loaded.
+layout, version (v1.0 / v1.1 / v1.2, from the keys), configuration, completeness.
+:func:`load_step1x_dit` then builds the model on the ``meta`` device and fills it with
+``load_state_dict(strict=True, assign=True)`` from tensors streamed out of the files and converted
+one at a time, so a 12B model never sits in RAM twice and nothing is left half-loaded.
 """
 from __future__ import annotations
 
@@ -120,7 +121,8 @@ def inspect_checkpoint(
             f"{name} has {len(unexpected)} tensors that Step1X-Edit does not use (e.g. {', '.join(unexpected[:3])}). "
             "It is another model, or a Step1X-Edit file with extra parts; use the official DiT file."
         )
-    linear_dtypes = Counter(records[layout.prefix + s.keys[0]].dtype for k, s in sources.items() if k.endswith(".weight"))
+    linear_dtypes = Counter(records[layout.prefix + s.keys[0]].dtype for k, s in sources.items()
+                            if k.endswith(".weight"))
     return CheckpointInfo(path, name, params, layout, linear_dtypes.most_common(1)[0][0], sources, file_of)
 
 

@@ -307,3 +307,21 @@ def reasoning_edit(edit: Edit, thinker: Thinker, source: Any, instruction: str, 
     final = choose_best([t.judgement.best_info for t in tries], [t.judgement.reflection for t in tries]) \
         if reflection else 0
     return ReasoningResult(tries, reformat_prompt, final, reflection)
+
+
+def describe(result: ReasoningResult, instruction: str) -> str:
+    """A readable account of a reasoning edit: instruction, thought instruction, every try, the choice."""
+    lines = [f"Instruction: {instruction}"]
+    if result.reformat_prompt is not None:
+        lines.append(f"Thought instruction: {result.reformat_prompt}")
+    for index, attempt in enumerate(result.tries):
+        source = "the input image" if index == 0 or attempt.input_image is result.tries[0].input_image \
+            else f"the output of try {index}"
+        lines.append(f"Try {index + 1}: edited {source} with {attempt.prompt!r}")
+        if attempt.judgement is not None:
+            best = attempt.judgement.best_info
+            lines.append(f"  reflection: {attempt.judgement.reflection}")
+            lines.append(f"  scores: edit success, over-editing {best['score1'].get('score')}; "
+                         f"naturalness, artifacts {best['score2'].get('score')}")
+    lines.append(f"Chosen: try {result.final_index + 1} of {len(result.tries)}")
+    return "\n".join(lines)

@@ -143,7 +143,7 @@ def tokenize_v12(tokenize: Callable[[str], list[int]], special_tokens: Sequence[
         piece_ids.append(ids)
     ids = [i for piece in piece_ids for i in piece]
     if ids.count(IMAGE_PAD_ID) != num_image_tokens:
-        raise ValueError(f"expected {num_image_tokens} image tokens in the v1.2 prompt, found {ids.count(IMAGE_PAD_ID)}: "
-                         f"remove '{IMAGE_PAD_TOKEN}' from the instruction")
+        raise ValueError(f"expected {num_image_tokens} image tokens in the v1.2 prompt, found "
+                         f"{ids.count(IMAGE_PAD_ID)}: remove '{IMAGE_PAD_TOKEN}' from the instruction")
     text_mask = [int(q) for piece, q in zip(piece_ids, quoted) for _ in piece]
     return V12Tokens(template, pieces, quoted, piece_ids, ids, text_mask)

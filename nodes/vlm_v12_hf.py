@@ -16,14 +16,20 @@ Importable without ComfyUI; transformers is imported when a model is loaded.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from PIL import Image
 
+from ..model import thinker_prompts as prompts
+from ..model.vlm_image import FETCH_MAX_PIXELS, FETCH_MIN_PIXELS, qwen2vl_pixel_values, smart_resize
+from ..model.vlm_prompt import IMAGE_PAD_ID
 from ..model.vlm_v12_encode import V12Runner
+from ..model.vlm_v12_prompt import IMAGE_PAD_TOKEN
 from .vlm_hf import QWEN25_VL_MODEL_TYPE
 
 logger = logging.getLogger(__name__)
@@ -36,6 +42,11 @@ TEXT_ENCODER_SUBFOLDER = "text_encoder"
 TOKENIZER_SUBFOLDERS = ("processor", "tokenizer")  # where diffusers pipelines keep the tokenizer files
 TOKENIZER_FILE = "tokenizer_config.json"
 V12_FOLDER_HINT = "Step1X-Edit-v1p2"  # the release's folder name on the Hub
+# The thinker's processor (QwenGenerativeAIClient): 512²…802816 pixels per image, after
+# qwen_vl_utils' own fetch resize (its defaults, FETCH_*). Both resizes are PIL bicubic.
+THINKER_MIN_PIXELS = 512 * 512
+THINKER_MAX_PIXELS = 802816
+MERGE = 2  # 2×2 patches per merged (LLM) token
 
 
 @dataclass(frozen=True)
@@ -94,6 +105,18 @@ def locate_v12_text_encoder(path: str | Path) -> V12TextEncoderFolders:
     raise ValueError(_stock_qwen_message(folder))
 
 
+def thinker_pixels(image: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
+    """A thinker image as the release's client feeds it: thumbnail (≤ 1024), fetch resize, processor resize.
+
+    Returns pixel_values ``[(H/14)(W/14), 1176]`` and grid_thw ``[1, 3]``.
+    """
+    image = prompts.thumbnail_for_vlm(image)
+    height, width = smart_resize(image.height, image.width, FETCH_MIN_PIXELS, FETCH_MAX_PIXELS)
+    image = image.resize((width, height), Image.Resampling.BICUBIC)
+    height, width = smart_resize(height, width, THINKER_MIN_PIXELS, THINKER_MAX_PIXELS)
+    return qwen2vl_pixel_values(image.resize((width, height), Image.Resampling.BICUBIC))
+
+
 class HFQwen25VLV12(V12Runner):
     """A Qwen2.5-VL run in the v1.2 way: explicit M-RoPE positions, no attention mask, features split out."""
 
@@ -141,3 +164,36 @@ class HFQwen25VLV12(V12Runner):
         out = self.model.model.language_model(inputs_embeds=embeds[None].to(self.device, self.model.dtype),
                                               position_ids=positions[:, None, :].to(self.device), use_cache=False)
         return out.last_hidden_state[0].float()
+
+    def _prompt_ids(self, request: prompts.VLMRequest) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """Chat ids ``[1, L]`` with each image's pads expanded, and the images' pixel values and grids."""
+        messages = prompts.rewrite_image_parts(request.messages)
+        text_parts = prompts.chat_text(messages).split(IMAGE_PAD_TOKEN)
+        images = [thinker_pixels(image) for image in prompts.request_images(messages)]
+        if len(images) != len(text_parts) - 1:
+            raise ValueError(f"{request.kind}: {len(images)} images for {len(text_parts) - 1} image places")
+        text = text_parts[0]
+        for (_, grid), part in zip(images, text_parts[1:]):
+            text += IMAGE_PAD_TOKEN * (int(grid.prod()) // MERGE**2) + part
+        ids = torch.tensor([self.tokenize(text)])
+        return ids, [pixels for pixels, _ in images], [grid for _, grid in images]
+
+    @torch.no_grad()
+    def generate(self, request: prompts.VLMRequest, seed: int) -> str:
+        """One thinker answer with the release's sampling (top-p 0.9, temperature 0.7, ≤ 128 new tokens;
+        anything else from the folder's generation_config, as in the release), seeded: one seed, one answer."""
+        ids, pixels, grids = self._prompt_ids(request)
+        kwargs = {"input_ids": ids.to(self.device), "attention_mask": torch.ones_like(ids).to(self.device)}
+        if pixels:
+            kwargs["pixel_values"] = torch.cat(pixels).to(self.device, self.model.dtype)
+            kwargs["image_grid_thw"] = torch.cat(grids).to(self.device)
+            if "mm_token_type_ids" in inspect.signature(self.model.forward).parameters:  # transformers ≥ 5
+                kwargs["mm_token_type_ids"] = (ids == IMAGE_PAD_ID).int().to(self.device)
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            out = self.model.generate(**kwargs, max_new_tokens=prompts.RELEASE_MAX_NEW_TOKENS, do_sample=True,
+                                      top_p=prompts.RELEASE_TOP_P, temperature=prompts.RELEASE_TEMPERATURE,
+                                      eos_token_id=self.tokenizer.eos_token_id)
+        return self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True,
+                                     clean_up_tokenization_spaces=False)

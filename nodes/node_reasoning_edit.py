@@ -1,0 +1,90 @@
+"""Step1X Reasoning Edit: v1.2's edit → judge → reflect loop (V12.md §5) as one node.
+
+Each try is a full v1.2 edit (nodes/v12_runtime.py ``V12Editor``); the release's Qwen2.5-VL then
+describes the expected result, scores consistency, reflects (``<#Success>`` stops, ``<#Reflection>``
+edits the last output again with a new instruction, anything else restarts from the input) and
+scores every try; the best try by the release's rule is the result. The loop itself is
+model/thinker.py, with this node's editor and seeded VLM plugged in.
+"""
+from __future__ import annotations
+
+import numpy as np
+from comfy_api.latest import io
+
+from ..model.thinker import MAX_ATTEMPTS, MalformedAnswer, Thinker, describe, reasoning_edit
+from ..model.vlm_image import image_tensor_to_pil
+from .common import CATEGORY, uint8_to_image
+from .node_latent import check_flux_vae
+from .node_sampler import DEFAULT_CFG, DEFAULT_SEED, DEFAULT_STEPS, MAX_STEPS, Step1XSampler
+from .node_v12 import V12_SIZE_LEVEL, Step1XVLM
+from .node_vlm_encode import MAX_SIZE_LEVEL, MIN_SIZE_LEVEL, SIZE_LEVEL_STEP
+from .v12_runtime import RENORM_CHOICES, V12VLM, SeededVLM, V12Editor, check_v12_model, renorm_threshold
+
+DEFAULT_TRIES = 3  # release max_try_cnt
+MAX_TRIES = 10
+
+
+class Step1XReasoningEdit(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="Step1XReasoningEdit",
+            display_name="Step1X Reasoning Edit",
+            category=CATEGORY,
+            description="Step1X-Edit v1.2 with reflection: edit, let the VLM judge the result against the input "
+                        "and instruction, refine or retry up to max_tries edits, keep the best-scored one. Each try "
+                        "costs a full edit plus up to five VLM generations (≤128 tokens each).",
+            inputs=[
+                io.Model.Input("model", tooltip="The v1.2 DiT from Load Step1X-Edit v1.2."),
+                Step1XVLM.Input("vlm", tooltip="v1.2's Qwen2.5-VL from Load Step1X-Edit v1.2."),
+                io.Vae.Input("vae", tooltip="The FLUX VAE (ae.safetensors)."),
+                io.Image.Input("image", tooltip="The image to edit (first frame of a batch)."),
+                io.String.Input("instruction", multiline=True, default="", tooltip="The edit instruction."),
+                io.String.Input("negative_instruction", multiline=True, default="",
+                                tooltip="Negative prompt; the release uses an empty string."),
+                io.Int.Input("size_level", default=V12_SIZE_LEVEL, min=MIN_SIZE_LEVEL, max=MAX_SIZE_LEVEL,
+                             step=SIZE_LEVEL_STEP, tooltip="Working size, area ≈ size_level²; release 1024."),
+                io.Int.Input("seed", default=DEFAULT_SEED, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="Seeds the noise of every try (one generator) and every VLM answer."),
+                io.Int.Input("steps", default=DEFAULT_STEPS, min=1, max=MAX_STEPS, tooltip="Per try; release 28."),
+                io.Float.Input("cfg", default=DEFAULT_CFG, min=0.0, max=100.0, step=0.1, round=0.01,
+                               tooltip="true_cfg_scale; release 6.0."),
+                io.Combo.Input("cfg_renorm", options=list(RENORM_CHOICES), default=next(iter(RENORM_CHOICES)),
+                               tooltip="release: renormalised guidance on every step; official: only t > 0.93."),
+                io.Int.Input("max_tries", default=DEFAULT_TRIES, min=1, max=MAX_TRIES,
+                             tooltip="Most edits (release: 3). The loop stops early on <#Success>."),
+                io.Boolean.Input("thinking", default=False,
+                                 tooltip="Rewrite the instruction first (Step1X Think); the rewrite is used for "
+                                         "editing and judging. Release default: off."),
+                io.Boolean.Input("reflection", default=True,
+                                 tooltip="Judge and retry (release default: on). Off: one edit, no VLM judging."),
+                io.Int.Input("vlm_attempts", default=MAX_ATTEMPTS, min=1, max=MAX_ATTEMPTS,
+                             tooltip="Tries per judging step when the VLM's answer is malformed (release: 20), "
+                                     "then the step falls back to a 'failed' verdict / zero scores."),
+            ],
+            outputs=[
+                io.Image.Output(display_name="image", tooltip="The chosen try (best product of the lowest scores)."),
+                io.Image.Output(display_name="tries", tooltip="Every try in order, as a batch."),
+                io.String.Output(display_name="reasoning", tooltip="Thought instruction, each try's prompt, "
+                                                                   "reflection and scores, and the choice."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, vlm: V12VLM, vae, image, instruction: str, negative_instruction: str, size_level: int,
+                seed: int, steps: int, cfg: float, cfg_renorm: str, max_tries: int, thinking: bool,
+                reflection: bool, vlm_attempts: int = MAX_ATTEMPTS) -> io.NodeOutput:
+        check_v12_model(model)
+        check_flux_vae(vae)
+        editor = V12Editor(model, vlm, vae, size_level, seed, steps, cfg, renorm_threshold(model, cfg_renorm),
+                           lambda h, w: Step1XSampler._step_callback(model, steps, h, w))
+        thinker = Thinker(SeededVLM(vlm, seed), max_attempts=vlm_attempts)
+        try:
+            result = reasoning_edit(editor, thinker, image_tensor_to_pil(image[0]), instruction, max_tries,
+                                    thinking=thinking, reflection=reflection, negative_prompt=negative_instruction)
+        except MalformedAnswer as error:
+            raise ValueError(f"Step1X Reasoning Edit: thinking failed ({error}). Try another seed or turn "
+                             "thinking off.") from None
+        tries = uint8_to_image([np.asarray(output) for output in result.images])
+        final = uint8_to_image([np.asarray(result.final_image)])
+        return io.NodeOutput(final, tries, describe(result, instruction))

@@ -1,0 +1,218 @@
+"""ComfyUI runtime of Step1X-Edit v1.2: its own VLM as a managed model, v1.2 conditioning, one edit.
+
+The node files (node_v12.py, node_think.py, node_reasoning_edit.py) are thin; what they share lives
+here: the ``STEP1X_VLM`` handle (a Qwen2.5-VL folder, loaded on first use as a ComfyUI-managed model
+so model_management offloads it when the DiT needs the memory), the v1.2 conditioning layout, the
+v1.2 sampling call, and :class:`V12Editor`, the release's single edit (V12.md §3–§4) used as the
+reasoning loop's ``edit`` callable.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import comfy.model_management as mm
+import comfy.model_patcher
+import numpy as np
+import torch
+from PIL import Image
+from torch.nn import functional as F
+
+from ..model.attention import set_attention_backend
+from ..model.branch_sampling import BranchText, sample_per_branch
+from ..model.checkpoint_folder import INDEX_SUFFIX, TRANSFORMER_SUBFOLDER
+from ..model.sampling import LATENT_CHANNELS, get_schedule, size_for_level
+from ..model.vlm_v12_encode import V12Encoding, encode_v12, vlm_source_image
+from .common import CONDITIONING_MARKER, U8_MAX
+from .node_sampler import ACTIVATION_ELEMENTS_PER_TOKEN_PER_HIDDEN
+from .vlm_v12_hf import HFQwen25VLV12, V12TextEncoderFolders
+
+V12_RELEASE = "v1.2"  # the conditioning marker's value for v1.2 encodings
+TXT_IDS_KEY, TEXT_EMBEDS_KEY, TEXT_MASK_KEY = "txt_ids", "text_embeds", "text_mask"
+# cfg_renorm choices: what the release does (σ·1000 > 0.93: every step) or the official v1.1 rule.
+RENORM_CHOICES = {"release (every step)": None, "official (t > 0.93)": 0.93}
+CFG_BRANCHES = 2  # node_sampler's activation estimate is for the CFG batch of 2; v1.2 runs one branch at a time
+
+_vlm_patchers: dict[tuple[str, torch.dtype], comfy.model_patcher.ModelPatcher] = {}
+
+
+class _VLMHolder(torch.nn.Module):
+    """What ModelPatcher manages: it sets ``.device`` on its model, which a transformers model forbids."""
+
+    def __init__(self, runner: HFQwen25VLV12) -> None:
+        super().__init__()
+        self.qwen25_vl = runner.model
+        self.runner = runner
+        self.device = None
+
+
+@dataclass(frozen=True)
+class V12VLM:
+    """The ``STEP1X_VLM`` value: where v1.2's own Qwen2.5-VL lives; loaded when a node first needs it."""
+
+    folders: V12TextEncoderFolders
+
+    def runner(self) -> HFQwen25VLV12:
+        """The loaded model on ComfyUI's text-encoder device (cached; one v1.2 VLM in memory at a time)."""
+        load_device, offload_device = mm.text_encoder_device(), mm.text_encoder_offload_device()
+        dtype = torch.bfloat16 if mm.should_use_bf16(load_device) else torch.float32
+        key = (str(self.folders.model), dtype)
+        if key not in _vlm_patchers:
+            _vlm_patchers.clear()
+            runner = HFQwen25VLV12.from_folders(self.folders, dtype=dtype, device=offload_device)
+            _vlm_patchers[key] = comfy.model_patcher.ModelPatcher(_VLMHolder(runner), load_device=load_device,
+                                                                  offload_device=offload_device)
+        patcher = _vlm_patchers[key]
+        mm.load_models_gpu([patcher], force_full_load=True)
+        return patcher.model.runner
+
+
+def to_conditioning(encoding: V12Encoding) -> list:
+    """A v1.2 encoding as ComfyUI CONDITIONING: ``[[embedding [1, V, D], {mask, marker, v1.2 extras}]]``."""
+    device = mm.intermediate_device()
+    return [[encoding.embedding.to(device), {
+        "attention_mask": encoding.mask.to(device), CONDITIONING_MARKER: V12_RELEASE,
+        TXT_IDS_KEY: encoding.txt_ids.to(device), TEXT_EMBEDS_KEY: encoding.text_embeds.to(device),
+        TEXT_MASK_KEY: encoding.text_mask.to(device)}]]
+
+
+def branch_from_conditioning(conditioning, role: str) -> BranchText:
+    """The v1.2 text of one CFG branch; a clear error for any other conditioning."""
+    options = conditioning[0][1] if conditioning and len(conditioning[0]) == 2 else {}
+    if options.get(CONDITIONING_MARKER) != V12_RELEASE or TXT_IDS_KEY not in options:
+        raise ValueError(f"the {role} conditioning is not a v1.2 encoding: connect 'Step1X v1.2 VLM Encode' "
+                         "(v1.2 needs its own encoder: Qwen-derived text ids and the quoted-text embeddings).")
+    if len(conditioning) > 1:
+        raise ValueError(f"the {role} conditioning holds {len(conditioning)} entries; connect the v1.2 encoder "
+                         "output directly.")
+    embedding = conditioning[0][0]
+    return BranchText(embedding, options["attention_mask"], options[TXT_IDS_KEY], options[TEXT_EMBEDS_KEY],
+                      options[TEXT_MASK_KEY])
+
+
+def check_v12_model(model) -> None:
+    net = getattr(model, "model", None)
+    if getattr(getattr(net, "params", None), "version", None) != V12_RELEASE:
+        version = getattr(getattr(net, "params", None), "version", "not Step1X-Edit")
+        raise ValueError(f"this MODEL is {version}; v1.2 conditioning needs the Step1X-Edit v1.2 DiT "
+                         "('Load Step1X-Edit v1.2' or a v1.2 diffusers file in 'Load Step1X Model').")
+
+
+def renorm_threshold(model, choice: str) -> float:
+    threshold = RENORM_CHOICES[choice]
+    return model.model.params.switches.renorm_threshold if threshold is None else threshold
+
+
+def sample_v12(model, cond: BranchText, uncond: BranchText, ref_latent: torch.Tensor | None, noise: torch.Tensor,
+               steps: int, cfg: float, threshold: float, callback=None) -> torch.Tensor:
+    """Per-branch v1.2 sampling on the model's load device → raw FLUX latent ``[B, 16, h, w]``.
+
+    ref_latent is raw (as VAEEncode gives it); noise is float32 in the model's latent scaling.
+    """
+    check_v12_model(model)
+    net = model.model
+    _, _, latent_h, latent_w = noise.shape
+    n_noise = (latent_h // 2) * (latent_w // 2)
+    tokens = max(cond.embedding.shape[1], uncond.embedding.shape[1]) + n_noise * (1 if ref_latent is None else 2)
+    element_bytes = torch.finfo(net.compute_dtype).bits // 8
+    per_token = ACTIVATION_ELEMENTS_PER_TOKEN_PER_HIDDEN // CFG_BRANCHES
+    memory = tokens * noise.shape[0] * net.params.dit.hidden_size * per_token * element_bytes
+    mm.load_models_gpu([model], memory_required=memory)
+    set_attention_backend(net.attention_backend)
+    ref = None if ref_latent is None else net.latent_format.process_in(ref_latent.float())
+    result = sample_per_branch(net, noise, ref, cond, uncond, get_schedule(steps, n_noise), cfg, threshold,
+                               net.compute_dtype, model.load_device, callback)
+    return net.latent_format.process_out(result).to(mm.intermediate_device())
+
+
+def vae_pixels(image: Image.Image, size_level: int) -> torch.Tensor:
+    """The v1.2 VAE input as a ComfyUI IMAGE ``[1, h, w, 3]``: torch bilinear with antialias on [0, 1]
+    floats to the size-level size (``encode_image``; unlike the VLM's LANCZOS copy, V12.md §4)."""
+    width, height = size_for_level(image.width, image.height, size_level)
+    pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / U8_MAX).permute(2, 0, 1)[None]
+    resized = F.interpolate(pixels, (height, width), mode="bilinear", antialias=True)
+    return resized.permute(0, 2, 3, 1).clamp(0, 1)
+
+
+def decoded_to_pil(decoded: torch.Tensor, size: tuple[int, int]) -> Image.Image:
+    """VAE output (IMAGE, 0..1) → 8-bit rounded as the release's postprocess, resized back to ``size``
+    with PIL's default filter (``_output_process_image``)."""
+    pixels = (decoded[0, ..., :3].clamp(0, 1) * U8_MAX).round().to(torch.uint8).cpu().numpy()
+    image = Image.fromarray(pixels)
+    return image if image.size == size else image.resize(size)
+
+
+@dataclass
+class V12Editor:
+    """The release's single edit (``encode_image`` → ``encode_prompt`` ×2 → sampling → decode → resize back)
+    as the reasoning loop's ``edit(image, prompt, negative_prompt) -> image``.
+
+    Noise comes from one CPU generator seeded once, so later tries draw new noise (V12.md §5) and the
+    first try equals a plain edit with the same seed.
+    """
+
+    model: object
+    vlm: V12VLM
+    vae: object
+    size_level: int
+    seed: int
+    steps: int
+    cfg: float
+    threshold: float
+    callback_factory: object = None  # (latent_h, latent_w) -> step callback, or None
+    generator: torch.Generator = field(init=False)
+
+    def __post_init__(self):
+        self.generator = torch.Generator("cpu").manual_seed(self.seed)
+
+    def encode(self, image: Image.Image, prompt: str, negative_prompt: str) -> tuple[BranchText, BranchText]:
+        runner = self.vlm.runner()
+        vlm_image = vlm_source_image(image, self.size_level)
+        return (encode_v12(runner, prompt, vlm_image).branch_text(),
+                encode_v12(runner, negative_prompt, vlm_image).branch_text())
+
+    def __call__(self, image: Image.Image, prompt: str, negative_prompt: str) -> Image.Image:
+        cond, uncond = self.encode(image, prompt, negative_prompt)
+        ref_latent = self.vae.encode(vae_pixels(image, self.size_level))
+        _, _, latent_h, latent_w = ref_latent.shape
+        noise = torch.randn((1, LATENT_CHANNELS, latent_h, latent_w), generator=self.generator, dtype=torch.float32)
+        callback = self.callback_factory(latent_h, latent_w) if self.callback_factory else None
+        latent = sample_v12(self.model, cond, uncond, ref_latent, noise, self.steps, self.cfg, self.threshold,
+                            callback)
+        return decoded_to_pil(self.vae.decode(latent), image.size)
+
+
+def list_model_folders(roots: list[str]) -> list[str]:
+    """Sub-folders (up to two levels deep) of ``roots`` that hold a diffusers DiT: a pipeline folder
+    (with ``transformer/``), or a lone folder of shards with their index (not a listed pipeline's own
+    ``transformer/``)."""
+    found = set()
+    for root in roots:
+        root_path = Path(root)
+        if not root_path.is_dir():
+            continue
+        for folder in sorted(p for p in [*root_path.glob("*"), *root_path.glob("*/*")] if p.is_dir()):
+            pipeline = (folder / TRANSFORMER_SUBFOLDER).is_dir()
+            inside_pipeline = folder.name == TRANSFORMER_SUBFOLDER and folder.parent != root_path
+            if pipeline or (not inside_pipeline and any(folder.glob("*" + INDEX_SUFFIX))):
+                found.add(folder.relative_to(root_path).as_posix())
+    return sorted(found)
+
+
+
+class SeededVLM:
+    """The thinker's ``generate(request)``: v1.2's VLM with seeds ``seed, seed+1, …`` per call, so one seed
+    gives one result; loaded again before each call (the DiT may have pushed it off the GPU)."""
+
+    SEED_SPACE = 2**64
+
+    def __init__(self, vlm: V12VLM, seed: int):
+        self.vlm = vlm
+        self.seed = seed
+        self.calls = 0
+
+    def __call__(self, request) -> str:
+        mm.throw_exception_if_processing_interrupted()
+        answer = self.vlm.runner().generate(request, (self.seed + self.calls) % self.SEED_SPACE)
+        self.calls += 1
+        return answer

@@ -1,0 +1,147 @@
+"""nodes/v12_runtime.py inside ComfyUI (no server): conditioning round trip, the v1.2 pixel paths,
+folder listing, the seeded VLM adapter, and a two-try reasoning edit through the real v1.2 editor
+(tiny DiT and VLM from scripts/make_tiny_v1_2.py, a stand-in VAE, scripted judge answers)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.golden import REPO_ROOT
+from tests.unit.vlm_support import import_pack_module
+
+COMFYUI_DIR = REPO_ROOT / os.environ.get("STEP1X_WORK", ".work") / "ComfyUI"
+PHOTO = REPO_ROOT / "workflows" / "input" / "chelsea_the_cat.png"
+
+
+@pytest.fixture(scope="module")
+def runtime():
+    if not (COMFYUI_DIR / "comfy").is_dir():
+        pytest.fail(f"ComfyUI not found at {COMFYUI_DIR}: run scripts/setup_env.sh (or set STEP1X_WORK)")
+    if str(COMFYUI_DIR) not in sys.path:
+        sys.path.append(str(COMFYUI_DIR))
+    from comfy.cli_args import args
+
+    args.cpu = True
+    return import_pack_module("nodes.v12_runtime")
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny-v1_2")
+    subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "make_tiny_v1_2.py"), str(out)], check=True)
+    return out / "Step1X-Edit-v1p2"
+
+
+def test_vae_pixels_are_the_bilinear_antialiased_float_image(runtime):
+    image = Image.open(PHOTO).convert("RGB")
+    pixels = runtime.vae_pixels(image, 256)
+    sampling = import_pack_module("model.sampling")
+    width, height = sampling.size_for_level(*image.size, 256)
+    assert pixels.shape == (1, height, width, 3) and pixels.dtype == torch.float32
+    source = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)[None]
+    expected = torch.nn.functional.interpolate(source, (height, width), mode="bilinear", antialias=True)
+    assert torch.equal(pixels, expected.permute(0, 2, 3, 1).clamp(0, 1))
+    lanczos = np.asarray(image.resize((width, height), Image.Resampling.LANCZOS), dtype=np.float32) / 255
+    assert not np.allclose(pixels[0].numpy(), lanczos, atol=1 / 255), "VAE and VLM copies must differ (V12.md §3)"
+
+
+def test_decoded_image_is_rounded_and_resized_back(runtime):
+    decoded = torch.full((1, 32, 48, 3), 100.6 / 255)
+    image = runtime.decoded_to_pil(decoded, (48, 32))
+    assert image.size == (48, 32) and np.asarray(image).max() == 101   # rounded, not truncated to 100
+    assert runtime.decoded_to_pil(decoded, (30, 20)).size == (30, 20)
+
+
+def test_conditioning_round_trip_and_refusals(runtime):
+    branch_sampling = import_pack_module("model.branch_sampling")
+    length, width = 7, 16
+    encoding = type("Enc", (), {})()
+    encoding.embedding, encoding.text_embeds = torch.randn(1, length, width), torch.randn(1, length, width)
+    encoding.mask = torch.ones(1, length, dtype=torch.long)
+    encoding.text_mask = torch.zeros(1, length, dtype=torch.long)
+    encoding.txt_ids = torch.randn(length, 3)
+    branch = runtime.branch_from_conditioning(runtime.to_conditioning(encoding), "positive")
+    assert isinstance(branch, branch_sampling.BranchText)
+    assert torch.equal(branch.txt_ids, encoding.txt_ids) and torch.equal(branch.text_embeds, encoding.text_embeds)
+    v10 = [[torch.zeros(1, 640, width), {"attention_mask": torch.ones(1, 640), "step1x_edit": "v1.0"}]]
+    with pytest.raises(ValueError, match="not a v1.2 encoding"):
+        runtime.branch_from_conditioning(v10, "negative")
+    with pytest.raises(ValueError, match="MODEL is not Step1X-Edit"):
+        runtime.check_v12_model(object())
+
+
+def test_pipeline_folders_are_listed(runtime, pipeline, tmp_path):
+    (tmp_path / "group").mkdir()
+    (tmp_path / "group" / "Step1X-Edit-v1p2").symlink_to(pipeline, target_is_directory=True)
+    (tmp_path / "not-a-model").mkdir()
+    assert runtime.list_model_folders([str(tmp_path), str(tmp_path / "missing")]) == ["group/Step1X-Edit-v1p2"]
+    assert runtime.list_model_folders([str(pipeline.parent)]) == ["Step1X-Edit-v1p2"]
+
+
+class IdentityVAE:
+    """A stand-in VAE: 'encode' averages 8×8 pixel blocks into 16 channels, 'decode' upsamples back."""
+
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        pooled = torch.nn.functional.avg_pool2d(pixels.permute(0, 3, 1, 2), 8)
+        return pooled.repeat(1, 6, 1, 1)[:, :16]
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.interpolate(latent[:, :3], scale_factor=8).permute(0, 2, 3, 1).clamp(0, 1)
+
+
+SCRIPT = {"description": "A red cat.", "consistency": '{"meets_instruction": "partial", "raw_score": 6, "reason": "r"}',
+          "reflection": "<#Think> redder <#Reflection> Make the cat redder.",
+          "score1": '{"score": [6, 5], "reasoning": "a"}',
+          "score2": '{"score": [7, 8], "reasoning": "b"}'}
+
+
+def test_reasoning_edit_on_the_tiny_models(runtime, pipeline):
+    """The node's pieces end to end: the loop drives the real v1.2 editor (tiny DiT and VLM, stand-in VAE);
+    judging answers are scripted. Two tries: the reflection instruction edits the first output."""
+    loader = import_pack_module("model.loader")
+    thinker = import_pack_module("model.thinker")
+    hf = import_pack_module("nodes.vlm_v12_hf")
+    import comfy.latent_formats
+    import comfy.model_patcher
+
+    net, _ = loader.load_step1x_dit(str(pipeline), dtype=torch.float32)
+    net.latent_format, net.compute_dtype, net.attention_backend = comfy.latent_formats.Flux(), torch.float32, "auto"
+    model = comfy.model_patcher.ModelPatcher(net.eval(), load_device=torch.device("cpu"),
+                                             offload_device=torch.device("cpu"))
+    vlm = runtime.V12VLM(hf.locate_v12_text_encoder(pipeline))
+    image = Image.open(PHOTO).convert("RGB")
+
+    def editor():
+        return runtime.V12Editor(model, vlm, IdentityVAE(), size_level=256, seed=3, steps=2, cfg=6.0,
+                                 threshold=net.params.switches.renorm_threshold)
+
+    result = thinker.reasoning_edit(editor(), thinker.Thinker(lambda request: SCRIPT[request.kind]), image,
+                                    "Make it red.", max_tries=2)
+    assert [t.prompt for t in result.tries] == ["Make it red.", " Make the cat redder."]
+    assert result.tries[1].input_image is result.tries[0].output_image
+    assert [output.size for output in result.images] == [image.size, image.size]
+    text = thinker.describe(result, "Make it red.")
+    assert "Try 2: edited the output of try 1 with ' Make the cat redder.'" in text
+    assert text.endswith("Chosen: try 2 of 2")   # equal scores, no <#Success>: the later try
+    fresh = editor()
+    first = fresh(image, "Make it red.", "")
+    assert np.array_equal(np.asarray(first), np.asarray(result.images[0])), "one seed, one first try"
+    assert not np.array_equal(np.asarray(fresh(image, "Make it red.", "")), np.asarray(first)), \
+        "the editor's second draw must use new noise"
+
+
+def test_seeded_vlm_gives_each_call_its_own_seed(runtime):
+    seen = []
+    runner = type("Runner", (), {"generate": lambda self, request, seed: seen.append(seed) or f"answer {seed}"})()
+    vlm = type("VLM", (), {"runner": lambda self: runner})()
+    generate = runtime.SeededVLM(vlm, seed=2**64 - 2)
+    assert [generate("request") for _ in range(3)] == ["answer 18446744073709551614", "answer 18446744073709551615",
+                                                       "answer 0"]
+    assert seen == [2**64 - 2, 2**64 - 1, 0] and generate.calls == 3
