@@ -120,7 +120,8 @@ def parse_reflection(answer: str) -> str:
         raise MalformedAnswer(f"{ERROR_PREFIX} 缺少 {THINK_TAG}")
     present = [tag for tag in ACTION_TAGS if tag in answer]
     if len(present) != 1:
-        raise MalformedAnswer(f"{ERROR_PREFIX} 需要且仅需要 {list(ACTION_TAGS)} 之一, 但找到了 {len(present)} 个。")
+        raise MalformedAnswer(
+            f"{ERROR_PREFIX} 需要且仅需要 {list(ACTION_TAGS)} 之一, 但找到了 {len(present)} 个。")
     tag = present[0]
     if answer.count(tag) > 1:
         raise MalformedAnswer(f"{ERROR_PREFIX} 标签 {tag} 出现次数 > 1")

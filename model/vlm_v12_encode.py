@@ -108,7 +108,7 @@ class V12Runner(Protocol):
         """Merged vision features ``[gh·gw, D]`` float32, raster order."""
 
     def language_model(self, embeds: Tensor, positions: Tensor) -> Tensor:
-        """Causal LM without attention mask: embeds ``[L, D]``, positions ``[3, L]`` → final-norm output ``[L, D]``."""
+        """Causal LM, no attention mask: embeds ``[L, D]``, positions ``[3, L]`` → final-norm output ``[L, D]``."""
 
 
 @dataclass(frozen=True)

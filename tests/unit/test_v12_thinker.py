@@ -149,11 +149,13 @@ def _fallback_script(case: dict) -> list[dict]:
     description/consistency/reflection run when the reflection is the failure record."""
     full, best = case["run_full_pipeline"], case["run_best_pipeline"]
     prior = dict(re.findall(r"- (Score|Reason): (.*)", case.get("reflection_prompt_prior", "")))
+    completed = full["reflection"] != T.FAILED_REFLECTION
+    evaluation = full["evaluation"] if completed else {
+        "meets_instruction": "yes", "raw_score": float(prior.get("Score", 9)), "reason": prior.get("Reason", "ok")}
     success = {
-        "description": "A description.",
-        "consistency": json.dumps({"meets_instruction": "yes", "raw_score": float(prior.get("Score", 9)),
-                                   "reason": prior.get("Reason", "ok")}),
-        "reflection": "<#Think> ok <#Success>",
+        "description": full["generation"] if completed else "A description.",
+        "consistency": json.dumps({k: v for k, v in evaluation.items() if k not in ("score", "cap_trace")}),
+        "reflection": full["reflection"] if completed else "<#Think> ok <#Success>",
         "score1": json.dumps(best["score1"]), "score2": json.dumps(best["score2"]),
     }
     runs: list[list[str]] = []
