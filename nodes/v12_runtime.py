@@ -21,6 +21,7 @@ from torch.nn import functional as F
 from ..model.attention import set_attention_backend
 from ..model.branch_sampling import BranchText, sample_per_branch
 from ..model.checkpoint_folder import INDEX_SUFFIX, TRANSFORMER_SUBFOLDER
+from ..model.params import RENORM_OFFICIAL
 from ..model.sampling import LATENT_CHANNELS, get_schedule, size_for_level
 from ..model.vlm_v12_encode import V12Encoding, encode_v12, vlm_source_image
 from .common import CONDITIONING_MARKER, U8_MAX
@@ -30,7 +31,7 @@ from .vlm_v12_hf import HFQwen25VLV12, V12TextEncoderFolders
 V12_RELEASE = "v1.2"  # the conditioning marker's value for v1.2 encodings
 TXT_IDS_KEY, TEXT_EMBEDS_KEY, TEXT_MASK_KEY = "txt_ids", "text_embeds", "text_mask"
 # cfg_renorm choices: what the release does (σ·1000 > 0.93: every step) or the official v1.1 rule.
-RENORM_CHOICES = {"release (every step)": None, "official (t > 0.93)": 0.93}
+RENORM_CHOICES = {"release (every step)": None, f"official (t > {RENORM_OFFICIAL})": RENORM_OFFICIAL}
 CFG_BRANCHES = 2  # node_sampler's activation estimate is for the CFG batch of 2; v1.2 runs one branch at a time
 
 _vlm_patchers: dict[tuple[str, torch.dtype], comfy.model_patcher.ModelPatcher] = {}
