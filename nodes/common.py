@@ -11,6 +11,10 @@ CONDITIONING_MARKER = "step1x_edit"
 # Extra LATENT key set by Pack Ref Latent: the (width, height) of the input image, so Unpack/Decode
 # can resize the edit back (SPEC.md §6.6). Core nodes ignore unknown LATENT keys.
 ORIGINAL_SIZE_KEY = "step1x_original_size"
+# The current official pipeline (v1.1 code, SPEC.md §12.1 #6, VLM.md §4): LANCZOS input resize and
+# SDPA in the VLM. Pack Ref Latent and VLM Encode share these defaults so both see the same image.
+DEFAULT_RESIZE_FILTER = "lanczos"
+DEFAULT_RELEASE = "v1.1"
 FLUX_LATENT_CHANNELS = 16
 FLUX_VAE_DOWNSCALE = 8
 U8_MAX = 255

@@ -10,6 +10,7 @@ from comfy_api.latest import io
 from ..model.image_io import INPUT_RESAMPLE, resize_back, resize_to_size_level
 from .common import (
     CATEGORY,
+    DEFAULT_RESIZE_FILTER,
     FLUX_LATENT_CHANNELS,
     FLUX_VAE_DOWNSCALE,
     ORIGINAL_SIZE_KEY,
@@ -64,7 +65,7 @@ class Step1XPackRefLatent(io.ComfyNode):
                              tooltip="Working resolution: the image is resized to about size_level² pixels. "
                                      "Official: 512 (default), 768, 1024; 1024 is ~4× slower than 512. Use the same "
                                      "value in VLM Encode."),
-                io.Combo.Input("resize_filter", options=list(INPUT_RESAMPLE), default="lanczos",
+                io.Combo.Input("resize_filter", options=list(INPUT_RESAMPLE), default=DEFAULT_RESIZE_FILTER,
                                tooltip="PIL filter for the input resize: the v1.1 pipeline uses lanczos, v1.0 "
                                        "bicubic. Use the same filter in VLM Encode."),
             ],

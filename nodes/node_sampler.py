@@ -5,7 +5,9 @@ ComfyUI supplies the rest through the per-step callback: progress bar and latent
 """
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Callable
 
 import comfy.model_management as mm
 import latent_preview
@@ -16,6 +18,8 @@ from ..model.attention import set_attention_backend
 from ..model.sampling import PIXELS_PER_TOKEN, SamplingInputs, get_schedule, make_noise, sample, unpack_latent
 from .common import CATEGORY, CONDITIONING_MARKER, FLUX_LATENT_CHANNELS, ORIGINAL_SIZE_KEY
 from .node_loader import is_step1x_model
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_SEED = 42      # official CLI default (SPEC.md §6)
 DEFAULT_STEPS = 28     # official default
@@ -69,6 +73,39 @@ def check_latent(latent: torch.Tensor, role: str) -> None:
     if latent.shape[2] % 2 or latent.shape[3] % 2:
         raise ValueError(f"the {role} latent is {latent.shape[3]}×{latent.shape[2]}; both sides must be even "
                          f"(image sides multiples of {PIXELS_PER_TOKEN} px).")
+
+
+def run_compiled_or_eager(net, run: Callable[[], torch.Tensor], backend: str | Callable = "inductor") -> torch.Tensor:
+    """``run()`` with the DiT blocks under torch.compile when the loader asked for it (``net.torch_compile``).
+
+    The blocks are compiled once (regional compilation: one graph serves all 19 + 38 blocks). If the
+    compiler fails (no Triton, an unsupported op), the model runs eagerly from then on, with a warning.
+    """
+    if not getattr(net, "torch_compile", False):
+        return run()
+    if getattr(net, "compile_failed", False):
+        with torch.compiler.set_stance("force_eager"):
+            return run()
+    if not getattr(net, "blocks_compiled", False):
+        for block in [*net.double_blocks, *net.single_blocks]:
+            block.compile(backend=backend)
+        net.blocks_compiled = True
+    try:
+        return run()
+    except torch._dynamo.exc.TorchDynamoException as error:
+        logger.warning("torch.compile failed for %s (%s); running it uncompiled from now on.",
+                       getattr(net, "checkpoint_name", "the Step1X model"), str(error).splitlines()[0])
+        net.compile_failed = True
+        with torch.compiler.set_stance("force_eager"):
+            return run()
+
+
+def warn_on_release_mismatch(conditioning, version: str) -> None:
+    release = conditioning[0][1].get(CONDITIONING_MARKER)
+    if release in ("v1.0", "v1.1") and version in ("v1.0", "v1.1") and release != version:
+        logger.warning("the conditioning was encoded as Step1X-Edit %s but the model is %s: set VLM Encode's "
+                       "'release' (and both resize filters) to match the model for the official result.",
+                       release, version)
 
 
 class Step1XSampler(io.ComfyNode):
@@ -131,6 +168,7 @@ class Step1XSampler(io.ComfyNode):
         params = net.params
         cond, cond_mask = split_conditioning(positive, "positive")
         uncond, uncond_mask = split_conditioning(negative, "negative")
+        warn_on_release_mismatch(positive, params.version)
         for role, embedding in (("positive", cond), ("negative", uncond)):
             if embedding.shape[-1] != params.connector.in_channels:
                 raise ValueError(
@@ -161,8 +199,9 @@ class Step1XSampler(io.ComfyNode):
         memory = tokens * batch * params.dit.hidden_size * ACTIVATION_ELEMENTS_PER_TOKEN_PER_HIDDEN * element_bytes
         mm.load_models_gpu([model], memory_required=memory)
         set_attention_backend(net.attention_backend)
-        result = sample(net, inputs, cfg, threshold, params.switches.ref_id_offset, net.compute_dtype,
-                        model.load_device, callback=cls._step_callback(model, steps, latent_h, latent_w))
+        callback = cls._step_callback(model, steps, latent_h, latent_w)
+        result = run_compiled_or_eager(net, lambda: sample(net, inputs, cfg, threshold, params.switches.ref_id_offset,
+                                                           net.compute_dtype, model.load_device, callback=callback))
         out = {"samples": latent_format.process_out(result).to(mm.intermediate_device())}
         if ref_latent is not None and ORIGINAL_SIZE_KEY in ref_latent:
             out[ORIGINAL_SIZE_KEY] = ref_latent[ORIGINAL_SIZE_KEY]

@@ -19,14 +19,11 @@ from comfy_api.latest import io
 from ..model.image_io import INPUT_RESAMPLE
 from ..model.vlm_image import image_tensor_to_pil, llm_grid_hw, resize_for_vlm
 from ..model.vlm_prompt import FLASH_PADDING_BY_RELEASE, MAX_LENGTH, Qwen25VLRunner, encode_prompt
-from .common import CATEGORY, CONDITIONING_MARKER
+from .common import CATEGORY, CONDITIONING_MARKER, DEFAULT_RELEASE, DEFAULT_RESIZE_FILTER
 from .vlm_hf import HFQwen25VL, check_hf_folder
 
-DEFAULT_RELEASE = "v1.0"  # Step1X-Edit release whose official embedder is reproduced; the marker's value
 HF_FOLDER_ROOT = "text_encoders"  # folder_paths key the Hugging Face folders are listed from
 NO_HF_FOLDER = "none"
-# Pack Ref Latent's default filter (nodes/node_latent.py): both nodes must resize the image alike.
-DEFAULT_RESIZE_FILTER = "lanczos"
 DEFAULT_SIZE_LEVEL = 512  # official default; the Gradio app suggests 512, 768, 1024
 MIN_SIZE_LEVEL, MAX_SIZE_LEVEL, SIZE_LEVEL_STEP = 256, 2048, 16
 
@@ -99,7 +96,7 @@ def pick_runner(clip, hf_folder: str) -> Qwen25VLRunner:
 
 
 def encode_image_batch(runner: Qwen25VLRunner, images: torch.Tensor, instruction: str,
-                       negative_instruction: str, size_level: int, resize_filter: str = "bicubic",
+                       negative_instruction: str, size_level: int, resize_filter: str = DEFAULT_RESIZE_FILTER,
                        release: str = DEFAULT_RELEASE) -> tuple[list, list]:
     """Positive and negative conditioning for every frame of ``images`` [B, H, W, C].
 

@@ -201,3 +201,16 @@ def test_packing_ids_and_pixels(fixtures, filename):
         np.testing.assert_array_equal(decoded_u8, t["decoded_u8"].numpy())
         restored = image_io.resize_back(decoded_u8, *example["src_wh"])
         np.testing.assert_array_equal(restored, t["output_u8"].numpy())
+
+
+def edit_loop_inputs(fixtures):
+    """``(SamplingInputs, manifest entry)`` of the fixture's edit loop (``sampling.safetensors``)."""
+    entry = fixtures.entry("sampling.safetensors")
+    t = fixtures.tensors("sampling.safetensors")
+    h, w = t["noise"].shape[2:]
+    inputs = sampling.SamplingInputs(
+        noise=t["noise"], ref_latent=t["ref_latent"], cond=t["llm_embedding"][:1], cond_mask=t["mask"][:1],
+        uncond=t["llm_embedding"][1:], uncond_mask=t["mask"][1:],
+        timesteps=sampling.get_schedule(entry["num_steps"], (h // 2) * (w // 2)),
+    )
+    return inputs, entry

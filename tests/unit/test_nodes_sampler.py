@@ -60,3 +60,61 @@ def test_official_cfg_is_accepted(sampler):
 def test_latents_that_do_not_pack_are_refused(sampler, shape, words):
     with pytest.raises(ValueError, match=words):
         sampler.check_latent(torch.zeros(shape), "reference")
+
+
+def _tiny_sampling_run():
+    from model import sampling
+    from tests.golden import model_sets
+    from tests.unit.test_model_parity import edit_loop_inputs, build_model
+
+    fixtures = model_sets()[0]
+    net = build_model(fixtures)
+    inputs, entry = edit_loop_inputs(fixtures)
+
+    def run():
+        with torch.no_grad():
+            return sampling.sample(net, inputs, entry["cfg_guidance"], entry["timesteps_truncate"],
+                                   net.params.switches.ref_id_offset, torch.float32, torch.device("cpu"))
+    return net, run
+
+
+def test_compile_option_off_runs_eagerly(sampler):
+    net, run = _tiny_sampling_run()
+    net.torch_compile = False
+    sampler.run_compiled_or_eager(net, run)
+    assert not getattr(net, "blocks_compiled", False)
+
+
+def test_compiled_blocks_give_the_eager_result(sampler):
+    net, run = _tiny_sampling_run()
+    expected = run()
+    net.torch_compile = True
+    torch._dynamo.reset()
+    got = sampler.run_compiled_or_eager(net, run, backend="eager")
+    assert net.blocks_compiled and not getattr(net, "compile_failed", False)
+    assert torch.allclose(got, expected, atol=1e-6, rtol=0)
+
+
+def test_compiler_failure_falls_back_to_eager_with_a_warning(sampler, caplog):
+    net, run = _tiny_sampling_run()
+    expected = run()
+
+    def broken_backend(graph, example_inputs):
+        raise RuntimeError("Cannot find a working triton installation")
+
+    net.torch_compile = True
+    net.checkpoint_name = "tiny.safetensors"
+    torch._dynamo.reset()
+    got = sampler.run_compiled_or_eager(net, run, backend=broken_backend)
+    assert net.compile_failed
+    assert "torch.compile failed for tiny.safetensors" in caplog.text and "running it uncompiled" in caplog.text
+    assert torch.equal(got, expected)
+    assert torch.equal(sampler.run_compiled_or_eager(net, run, backend=broken_backend), expected)
+
+
+def test_release_mismatch_is_logged(sampler, caplog):
+    sampler.warn_on_release_mismatch(step1x_conditioning(1), "v1.1")
+    assert "encoded as Step1X-Edit v1.0 but the model is v1.1" in caplog.text
+    caplog.clear()
+    sampler.warn_on_release_mismatch(step1x_conditioning(1), "v1.0")
+    assert caplog.text == ""

@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 from model import sampling
 from model.parallel import ParallelPlan, make_plan, sample_parallel, shard_sizes
 from tests.golden import assert_close, model_sets
-from tests.unit.test_model_parity import build_model
+from tests.unit.test_model_parity import build_model, edit_loop_inputs
 
 GRIDS = [(2, 1), (1, 2), (2, 2), (1, 3)]  # (cfg_degree, sp_degree)
 # The releases that batch cond and uncond (v1.0, v1.1); v1.2 samples per branch (model/branch_sampling.py).
@@ -26,18 +26,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _inputs(fixtures):
-    entry = fixtures.entry("sampling.safetensors")
-    t = fixtures.tensors("sampling.safetensors")
-    h, w = t["noise"].shape[2:]
-    inputs = sampling.SamplingInputs(
-        noise=t["noise"], ref_latent=t["ref_latent"], cond=t["llm_embedding"][:1], cond_mask=t["mask"][:1],
-        uncond=t["llm_embedding"][1:], uncond_mask=t["mask"][1:],
-        timesteps=sampling.get_schedule(entry["num_steps"], (h // 2) * (w // 2)),
-    )
-    return entry, inputs
-
-
 def _worker(rank: int, world: int, port: int, set_index: int, grid: tuple[int, int], out_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -45,7 +33,7 @@ def _worker(rank: int, world: int, port: int, set_index: int, grid: tuple[int, i
     try:
         fixtures = model_sets()[set_index]
         model = build_model(fixtures)
-        entry, inputs = _inputs(fixtures)
+        inputs, entry = edit_loop_inputs(fixtures)
         plan = make_plan(*grid)
         with torch.no_grad():
             latent = sample_parallel(model, inputs, entry["cfg_guidance"], entry["timesteps_truncate"],
@@ -73,11 +61,11 @@ def test_parallel_sampler_matches_single_process(tmp_path, grid, set_index):
     world = grid[0] * grid[1]
     if heads % grid[1]:
         with pytest.raises(ValueError, match="head count"):
-            sample_parallel(build_model(fixtures), _inputs(fixtures)[1], 1.0, 1.0, 0.0, torch.float32,
+            sample_parallel(build_model(fixtures), edit_loop_inputs(fixtures)[0], 1.0, 1.0, 0.0, torch.float32,
                             torch.device("cpu"), ParallelPlan(grid[0], grid[1], 0, 0, None, None))
         return
     mp.spawn(_worker, args=(world, _free_port(), set_index, grid, str(tmp_path)), nprocs=world, join=True)
-    entry, inputs = _inputs(fixtures)
+    inputs, entry = edit_loop_inputs(fixtures)
     model = build_model(fixtures)
     with torch.no_grad():
         single = sampling.sample(model, inputs, entry["cfg_guidance"], entry["timesteps_truncate"],
