@@ -59,7 +59,7 @@ def fill_random_from_gpu(module: torch.nn.Module, device) -> None:
                 p.copy_(torch.randn(p.shape, device=device, dtype=torch.bfloat16).mul_(0.02).cpu())
 
 
-def dit_lowvram(budgets_gib: list[float], size: int, device) -> list[dict]:
+def dit_lowvram(budgets_gib: list[float], size: int, device, compiled: bool) -> list[dict]:
     import comfy.model_management as mm
     import comfy.model_patcher
     import comfy.ops
@@ -69,6 +69,9 @@ def dit_lowvram(budgets_gib: list[float], size: int, device) -> list[dict]:
     model.to_empty(device="cpu")
     fill_random_from_gpu(model, device)
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=torch.device("cpu"))
+    if compiled:  # what Load Step1X Model's torch_compile does (nodes/node_sampler.run_compiled_or_eager)
+        for block in [*model.double_blocks, *model.single_blocks]:
+            block.compile()
     inputs = edit_inputs(size, 28, device, model.params)
     one = replace(inputs, timesteps=inputs.timesteps[:2])
     rows = []
@@ -82,8 +85,9 @@ def dit_lowvram(budgets_gib: list[float], size: int, device) -> list[dict]:
         else:
             patcher.load(device, full_load=True)
         with torch.no_grad():
-            s_step = timed(lambda: sample(model, one, 6.0, 0.93, 1.0, torch.bfloat16, device), repeat=3, warmup=1)
-        row = {"mode": f"lowvram-{budget:g}GiB" if budget else "bf16-comfy-full-load", "size": size, "steps": 28,
+            s_step = timed(lambda: sample(model, one, 6.0, 0.93, 1.0, torch.bfloat16, device), repeat=3, warmup=2)
+        mode = f"lowvram-{budget:g}GiB" if budget else "bf16-comfy-full-load"
+        row = {"mode": mode + ("-compile" if compiled else ""), "size": size, "steps": 28,
                "cfg": True, "s_per_step": s_step, "s_per_edit": 28 * s_step, "tflops": (lin + att) / s_step / 1e12,
                "weights_on_gpu_gib": patcher.loaded_size() / GIB,
                "peak_allocated_gib": torch.cuda.max_memory_allocated(device) / GIB,
@@ -154,6 +158,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--budgets", type=float, nargs="+", default=[0, 6.0, 4.0])
     parser.add_argument("--parts", nargs="+", default=["vlm", "vae", "dit"])
+    parser.add_argument("--compile", action="store_true", help="compile the DiT blocks (regional torch.compile)")
     args = parser.parse_args()
     sys.path.insert(0, str(args.comfyui.resolve()))
     device = torch.device("cuda")
@@ -162,7 +167,7 @@ def main() -> None:
               "date": stamp, "runs": []}
     path = args.out / f"pipeline-{stamp}.json"
     parts = {"vlm": lambda: [vlm_costs(device)], "vae": lambda: [vae_costs(args.size, device)],
-             "dit": lambda: dit_lowvram(args.budgets, args.size, device)}
+             "dit": lambda: dit_lowvram(args.budgets, args.size, device, args.compile)}
     for part in args.parts:
         try:
             rows = parts[part]()
