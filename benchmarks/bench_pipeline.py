@@ -53,19 +53,26 @@ def fill_random_from_gpu(module: torch.nn.Module, device) -> None:
     """Random bf16 weights drawn on the GPU and copied into CPU parameters (fast for 12 B values)."""
     with torch.no_grad():
         for name, p in module.named_parameters():
-            if name.endswith("scale") or "norm" in name:
+            if name.endswith(("scale", "scale_weight", "scale_input")) or "norm" in name:
                 p.fill_(1.0)
             else:
-                p.copy_(torch.randn(p.shape, device=device, dtype=torch.bfloat16).mul_(0.02).cpu())
+                p.copy_(torch.randn(p.shape, device=device, dtype=torch.bfloat16).mul_(0.02).to(p.dtype).cpu())
 
 
-def dit_lowvram(budgets_gib: list[float], size: int, device, compiled: bool) -> list[dict]:
+def dit_lowvram(budgets_gib: list[float], size: int, device, compiled: bool, weights: str) -> list[dict]:
+    """The DiT through ComfyUI's ModelPatcher: full load (budget 0) or partial loads of the given sizes.
+
+    ``weights`` "bf16" builds it with ``comfy.ops.manual_cast``; "fp8" with ``comfy.ops.scaled_fp8_ops``
+    (fp8 storage, one scale per tensor), which is what Load Step1X Model does for fp8.
+    """
     import comfy.model_management as mm
     import comfy.model_patcher
     import comfy.ops
 
+    fp8 = weights == "fp8"
+    operations = comfy.ops.scaled_fp8_ops(override_dtype=torch.float8_e4m3fn) if fp8 else comfy.ops.manual_cast
     with torch.device("meta"):
-        model = Step1XEdit(FULL_SIZE["v1.1"], dtype=torch.bfloat16, operations=comfy.ops.manual_cast)
+        model = Step1XEdit(FULL_SIZE["v1.1"], dtype=torch.bfloat16, operations=operations)
     model.to_empty(device="cpu")
     fill_random_from_gpu(model, device)
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=torch.device("cpu"))
@@ -86,7 +93,7 @@ def dit_lowvram(budgets_gib: list[float], size: int, device, compiled: bool) -> 
             patcher.load(device, full_load=True)
         with torch.no_grad():
             s_step = timed(lambda: sample(model, one, 6.0, 0.93, 1.0, torch.bfloat16, device), repeat=3, warmup=2)
-        mode = f"lowvram-{budget:g}GiB" if budget else "bf16-comfy-full-load"
+        mode = f"{weights}-comfy-lowvram-{budget:g}GiB" if budget else f"{weights}-comfy-full-load"
         row = {"mode": mode + ("-compile" if compiled else ""), "size": size, "steps": 28,
                "cfg": True, "s_per_step": s_step, "s_per_edit": 28 * s_step, "tflops": (lin + att) / s_step / 1e12,
                "weights_on_gpu_gib": patcher.loaded_size() / GIB,
@@ -159,6 +166,7 @@ def main() -> None:
     parser.add_argument("--budgets", type=float, nargs="+", default=[0, 6.0, 4.0])
     parser.add_argument("--parts", nargs="+", default=["vlm", "vae", "dit"])
     parser.add_argument("--compile", action="store_true", help="compile the DiT blocks (regional torch.compile)")
+    parser.add_argument("--weights", choices=["bf16", "fp8"], default="bf16")
     args = parser.parse_args()
     sys.path.insert(0, str(args.comfyui.resolve()))
     device = torch.device("cuda")
@@ -167,7 +175,7 @@ def main() -> None:
               "date": stamp, "runs": []}
     path = args.out / f"pipeline-{stamp}.json"
     parts = {"vlm": lambda: [vlm_costs(device)], "vae": lambda: [vae_costs(args.size, device)],
-             "dit": lambda: dit_lowvram(args.budgets, args.size, device, args.compile)}
+             "dit": lambda: dit_lowvram(args.budgets, args.size, device, args.compile, args.weights)}
     for part in args.parts:
         try:
             rows = parts[part]()
