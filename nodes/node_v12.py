@@ -82,6 +82,10 @@ class Step1XV12Loader(io.ComfyNode):
                                tooltip="v1.2 reasons and encodes with its own Qwen2.5-VL: 'from pipeline' uses "
                                        "the folder's text_encoder/. A folder of models/text_encoders must be that "
                                        "text_encoder/ (a stock Qwen2.5-VL-7B-Instruct is refused)."),
+                io.Boolean.Input("torch_compile", default=False, optional=True,
+                                 tooltip="Compile the DiT's 19 + 38 blocks with torch.compile (needs Triton): about "
+                                         "1.45× faster sampling on an H100 after a one-minute first compile; runs "
+                                         "uncompiled, with a warning, if compiling fails."),
             ],
             outputs=[io.Model.Output(tooltip="The Step1X-Edit DiT (for Step1X v1.2 Sampler / Reasoning Edit)."),
                      Step1XVLM.Output(display_name="vlm",
@@ -89,12 +93,13 @@ class Step1XV12Loader(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, pipeline: str, weight_dtype: str, attention: str, text_encoder: str) -> io.NodeOutput:
+    def execute(cls, pipeline: str, weight_dtype: str, attention: str, text_encoder: str,
+                torch_compile: bool = False) -> io.NodeOutput:
         folder = _model_folder(pipeline)
         encoder_folder = folder if text_encoder == FROM_PIPELINE else _text_encoder_folder(text_encoder)
         vlm = V12VLM(locate_v12_text_encoder(encoder_folder))
         try:
-            model = load_step1x_model(str(folder), weight_dtype, attention)
+            model = load_step1x_model(str(folder), weight_dtype, attention, torch_compile)
         except CheckpointError as error:
             raise ValueError(str(error)) from None
         return io.NodeOutput(model, vlm)

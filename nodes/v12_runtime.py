@@ -25,7 +25,7 @@ from ..model.params import RENORM_OFFICIAL
 from ..model.sampling import LATENT_CHANNELS, get_schedule, size_for_level
 from ..model.vlm_v12_encode import V12Encoding, encode_v12, vlm_source_image
 from .common import CONDITIONING_MARKER, U8_MAX
-from .node_sampler import ACTIVATION_ELEMENTS_PER_TOKEN_PER_HIDDEN
+from .node_sampler import ACTIVATION_ELEMENTS_PER_TOKEN_PER_HIDDEN, run_compiled_or_eager
 from .vlm_v12_hf import HFQwen25VLV12, V12TextEncoderFolders
 
 V12_RELEASE = "v1.2"  # the conditioning marker's value for v1.2 encodings
@@ -121,8 +121,9 @@ def sample_v12(model, cond: BranchText, uncond: BranchText, ref_latent: torch.Te
     mm.load_models_gpu([model], memory_required=memory)
     set_attention_backend(net.attention_backend)
     ref = None if ref_latent is None else net.latent_format.process_in(ref_latent.float())
-    result = sample_per_branch(net, noise, ref, cond, uncond, get_schedule(steps, n_noise), cfg, threshold,
-                               net.compute_dtype, model.load_device, callback)
+    result = run_compiled_or_eager(net, lambda: sample_per_branch(
+        net, noise, ref, cond, uncond, get_schedule(steps, n_noise), cfg, threshold, net.compute_dtype,
+        model.load_device, callback))
     return net.latent_format.process_out(result).to(mm.intermediate_device())
 
 

@@ -24,7 +24,7 @@ RENORM = "release (every step)"
 
 def loader() -> dict:
     return node("Step1XV12Loader", "Load Step1X-Edit v1.2", pipeline=PIPELINE, weight_dtype="default",
-                attention="auto", text_encoder="from pipeline")
+                attention="auto", text_encoder="from pipeline", torch_compile=False)
 
 
 def edit_workflow() -> dict:
