@@ -59,7 +59,8 @@ def fill_random_from_gpu(module: torch.nn.Module, device) -> None:
                 p.copy_(torch.randn(p.shape, device=device, dtype=torch.bfloat16).mul_(0.02).to(p.dtype).cpu())
 
 
-def dit_lowvram(budgets_gib: list[float], size: int, device, compiled: bool, weights: str) -> list[dict]:
+def dit_lowvram(budgets_gib: list[float], size: int, device, compiled: bool, weights: str,
+                fp8_matmul: bool = False) -> list[dict]:
     """The DiT through ComfyUI's ModelPatcher: full load (budget 0) or partial loads of the given sizes.
 
     ``weights`` "bf16" builds it with ``comfy.ops.manual_cast``; "fp8" with ``comfy.ops.scaled_fp8_ops``
@@ -70,7 +71,8 @@ def dit_lowvram(budgets_gib: list[float], size: int, device, compiled: bool, wei
     import comfy.ops
 
     fp8 = weights == "fp8"
-    operations = comfy.ops.scaled_fp8_ops(override_dtype=torch.float8_e4m3fn) if fp8 else comfy.ops.manual_cast
+    operations = (comfy.ops.scaled_fp8_ops(fp8_matrix_mult=fp8_matmul, override_dtype=torch.float8_e4m3fn) if fp8
+                  else comfy.ops.manual_cast)
     with torch.device("meta"):
         model = Step1XEdit(FULL_SIZE["v1.1"], dtype=torch.bfloat16, operations=operations)
     model.to_empty(device="cpu")
@@ -93,7 +95,8 @@ def dit_lowvram(budgets_gib: list[float], size: int, device, compiled: bool, wei
             patcher.load(device, full_load=True)
         with torch.no_grad():
             s_step = timed(lambda: sample(model, one, 6.0, 0.93, 1.0, torch.bfloat16, device), repeat=3, warmup=2)
-        mode = f"{weights}-comfy-lowvram-{budget:g}GiB" if budget else f"{weights}-comfy-full-load"
+        kind = weights + ("-fp8-matmul" if fp8_matmul else "")
+        mode = f"{kind}-comfy-lowvram-{budget:g}GiB" if budget else f"{kind}-comfy-full-load"
         row = {"mode": mode + ("-compile" if compiled else ""), "size": size, "steps": 28,
                "cfg": True, "s_per_step": s_step, "s_per_edit": 28 * s_step, "tflops": (lin + att) / s_step / 1e12,
                "weights_on_gpu_gib": patcher.loaded_size() / GIB,
@@ -167,6 +170,7 @@ def main() -> None:
     parser.add_argument("--parts", nargs="+", default=["vlm", "vae", "dit"])
     parser.add_argument("--compile", action="store_true", help="compile the DiT blocks (regional torch.compile)")
     parser.add_argument("--weights", choices=["bf16", "fp8"], default="bf16")
+    parser.add_argument("--fp8-matmul", action="store_true", help="ComfyUI's fp8 matrix multiplication (--fast)")
     args = parser.parse_args()
     sys.path.insert(0, str(args.comfyui.resolve()))
     device = torch.device("cuda")
@@ -175,7 +179,7 @@ def main() -> None:
               "date": stamp, "runs": []}
     path = args.out / f"pipeline-{stamp}.json"
     parts = {"vlm": lambda: [vlm_costs(device)], "vae": lambda: [vae_costs(args.size, device)],
-             "dit": lambda: dit_lowvram(args.budgets, args.size, device, args.compile, args.weights)}
+             "dit": lambda: dit_lowvram(args.budgets, args.size, device, args.compile, args.weights, args.fp8_matmul)}
     for part in args.parts:
         try:
             rows = parts[part]()

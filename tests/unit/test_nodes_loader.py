@@ -73,3 +73,11 @@ def test_fp8_weight_dtype_keeps_fp8_weights_with_scales(loader, tiny_checkpoint)
     assert patcher.model.compute_dtype in (torch.bfloat16, torch.float32)
     result = edit_once(patcher)
     assert torch.isfinite(result).all()
+
+
+def test_fast_fp8_falls_back_to_the_fp8_result_without_fp8_matmul(loader, tiny_checkpoint):
+    """On a device without fp8 tensor cores (this CPU) fp8_e4m3fn_fast stores fp8 and computes like fp8_e4m3fn."""
+    plain = edit_once(loader.load_step1x_model(tiny_checkpoint, "fp8_e4m3fn", "auto"))
+    fast_patcher = loader.load_step1x_model(tiny_checkpoint, "fp8_e4m3fn_fast", "auto")
+    assert fast_patcher.model.double_blocks[0].img_attn.qkv.weight.dtype == torch.float8_e4m3fn
+    torch.testing.assert_close(edit_once(fast_patcher), plain, rtol=0, atol=0)
