@@ -49,15 +49,20 @@ class HFQwen25VL:
     @classmethod
     def from_folder(cls, folder: str | Path, dtype: torch.dtype = torch.bfloat16,
                     device: torch.device | str = "cpu") -> "HFQwen25VL":
-        from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
-
         folder = Path(folder)
         check_hf_folder(folder)
+        return cls.load(folder, folder, dtype, device)
+
+    @classmethod
+    def load(cls, model_folder: Path, tokenizer_folder: Path, dtype: torch.dtype, device: torch.device | str):
+        """transformers' Qwen2.5-VL (SDPA attention, frozen, eval) and its tokenizer."""
+        from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            folder, dtype=dtype, attn_implementation="sdpa").to(device)
+            model_folder, dtype=dtype, attn_implementation="sdpa").to(device)
         model.requires_grad_(False).eval()
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-        logger.info("loaded Qwen2.5-VL from %s (%s, %s)", folder, dtype, device)
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
+        logger.info("loaded %s Qwen2.5-VL from %s (%s, %s)", cls.__name__, model_folder, dtype, device)
         return cls(model, tokenizer)
 
     @property

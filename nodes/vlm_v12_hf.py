@@ -30,7 +30,7 @@ from ..model.vlm_image import FETCH_MAX_PIXELS, FETCH_MIN_PIXELS, qwen2vl_pixel_
 from ..model.vlm_prompt import IMAGE_PAD_ID
 from ..model.vlm_v12_encode import V12Runner
 from ..model.vlm_v12_prompt import IMAGE_PAD_TOKEN
-from .vlm_hf import QWEN25_VL_MODEL_TYPE
+from .vlm_hf import QWEN25_VL_MODEL_TYPE, HFQwen25VL
 
 logger = logging.getLogger(__name__)
 
@@ -117,37 +117,22 @@ def thinker_pixels(image: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
     return qwen2vl_pixel_values(image.resize((width, height), Image.Resampling.BICUBIC))
 
 
-class HFQwen25VLV12(V12Runner):
+class HFQwen25VLV12(HFQwen25VL, V12Runner):
     """A Qwen2.5-VL run in the v1.2 way: explicit M-RoPE positions, no attention mask, features split out."""
 
     def __init__(self, model: torch.nn.Module, tokenizer) -> None:
-        self.model = model  # transformers Qwen2_5_VLForConditionalGeneration
-        self.tokenizer = tokenizer
+        super().__init__(model, tokenizer)
         self.special_tokens = sorted({token.content for token in tokenizer.added_tokens_decoder.values()}
                                      | set(getattr(tokenizer, "additional_special_tokens", None) or []))
 
     @classmethod
     def from_folders(cls, folders: V12TextEncoderFolders, dtype: torch.dtype = torch.bfloat16,
                      device: torch.device | str = "cpu") -> "HFQwen25VLV12":
-        from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
-
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            folders.model, dtype=dtype, attn_implementation="sdpa").to(device)
-        model.requires_grad_(False).eval()
-        tokenizer = AutoTokenizer.from_pretrained(folders.tokenizer)
-        logger.info("loaded Step1X-Edit v1.2 Qwen2.5-VL from %s (%s, %s)", folders.model, dtype, device)
-        return cls(model, tokenizer)
+        return cls.load(folders.model, folders.tokenizer, dtype, device)
 
     @property
     def device(self) -> torch.device:
         return self.model.device
-
-    @property
-    def hidden_size(self) -> int:
-        return self.model.config.text_config.hidden_size
-
-    def tokenize(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     @torch.no_grad()
     def token_embeddings(self, ids: torch.Tensor) -> torch.Tensor:
