@@ -61,7 +61,7 @@ class Step1XEdit(nn.Module):
             if text_embeds is None or text_mask is None:
                 raise ValueError(
                     f"Step1X-Edit {self.params.version} needs text_embeds and text_mask from its own VLM encoder: "
-                    "encode with 'Step1X v1.2 VLM Encode' and sample with 'Step1X v1.2 Sampler'."
+                    "encode with 'Step1X v1.2 VLM Encode'."
                 )
             mapped = self.text_token_mapping(text_embeds.to(dtype))
             txt = txt + mapped * text_mask[..., None].to(mapped.dtype)

@@ -9,13 +9,13 @@ from .node_lora import Step1XLoraLoader
 from .node_reasoning_edit import Step1XReasoningEdit
 from .node_sampler import Step1XSampler
 from .node_think import Step1XThink
-from .node_v12 import Step1XV12Encode, Step1XV12Loader, Step1XV12Sampler
+from .node_v12 import Step1XV12Encode, Step1XV12Loader
 from .node_vlm_encode import Step1XVLMEncode
 
 NODES: list[type[io.ComfyNode]] = [
     Step1XModelLoader, Step1XVLMEncode, Step1XPackRefLatent, Step1XSampler, Step1XUnpackDecode,
     Step1XLoraLoader,
-    Step1XV12Loader, Step1XV12Encode, Step1XV12Sampler, Step1XThink, Step1XReasoningEdit,
+    Step1XV12Loader, Step1XV12Encode, Step1XThink, Step1XReasoningEdit,
 ]
 
 

@@ -15,7 +15,8 @@ from ..model.thinker import MAX_ATTEMPTS, MalformedAnswer, Thinker, describe, re
 from ..model.vlm_image import image_tensor_to_pil
 from .common import CATEGORY, uint8_to_image
 from .node_latent import check_flux_vae
-from .node_sampler import DEFAULT_CFG, DEFAULT_SEED, DEFAULT_STEPS, MAX_STEPS, Step1XSampler
+from .dit_runtime import step_callback
+from .node_sampler import DEFAULT_CFG, DEFAULT_SEED, DEFAULT_STEPS, MAX_STEPS
 from .node_v12 import V12_SIZE_LEVEL, Step1XVLM
 from .node_vlm_encode import MAX_SIZE_LEVEL, MIN_SIZE_LEVEL, SIZE_LEVEL_STEP
 from .v12_runtime import RENORM_CHOICES, V12VLM, SeededVLM, V12Editor, check_v12_model, renorm_threshold
@@ -77,7 +78,7 @@ class Step1XReasoningEdit(io.ComfyNode):
         check_v12_model(model)
         check_flux_vae(vae)
         editor = V12Editor(model, vlm, vae, size_level, seed, steps, cfg, renorm_threshold(model, cfg_renorm),
-                           lambda h, w: Step1XSampler._step_callback(model, steps, h, w))
+                           lambda h, w: step_callback(model, steps, h, w))
         thinker = Thinker(SeededVLM(vlm, seed), max_attempts=vlm_attempts)
         try:
             result = reasoning_edit(editor, thinker, image_tensor_to_pil(image[0]), instruction, max_tries,

@@ -1,23 +1,26 @@
-"""Step1X Sampler: the official flow-matching Euler loop with batched CFG (model.sampling.sample).
+"""Step1X Sampler: the official flow-matching Euler loop for every release.
 
-ComfyUI supplies the rest through the per-step callback: progress bar and latent previews
-(latent_preview.prepare_callback, FLUX Latent2RGB/TAEF1) and interruption between steps.
+v1.0 / v1.1 conditioning runs as one CFG batch (model.sampling.sample); v1.2 conditioning, whose
+instruction and negative differ in length, as one DiT call per branch (model.branch_sampling). ComfyUI
+supplies the rest through the per-step callback (nodes/dit_runtime.py): progress bar, latent previews
+and interruption between steps.
 """
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
 
 import comfy.model_management as mm
-import latent_preview
 import torch
 from comfy_api.latest import io
 
 from ..model.attention import set_attention_backend
-from ..model.sampling import PIXELS_PER_TOKEN, SamplingInputs, get_schedule, make_noise, sample, unpack_latent
+from ..model.params import RENORM_EVERY_STEP, RENORM_NEVER, RENORM_OFFICIAL
+from ..model.sampling import PIXELS_PER_TOKEN, SamplingInputs, get_schedule, make_noise, sample
 from .common import CATEGORY, CONDITIONING_MARKER, FLUX_LATENT_CHANNELS, ORIGINAL_SIZE_KEY
+from .dit_runtime import ACTIVATION_ELEMENTS_PER_TOKEN_PER_HIDDEN, run_compiled_or_eager, step_callback
 from .node_loader import is_step1x_model
+from .v12_runtime import V12_RELEASE, branch_from_conditioning, sample_v12
 
 logger = logging.getLogger(__name__)
 
@@ -26,12 +29,11 @@ DEFAULT_STEPS = 28     # official default
 DEFAULT_CFG = 6.0      # official default
 MAX_STEPS = 1000
 CFG_MIN, CFG_MAX = 0.0, 100.0
-# Norm-rescaled CFG threshold (SPEC.md §12.2): guidance is renormalised on steps with t > threshold.
-# 1.0 never triggers (the v1.0 pipeline); 0.93 is the v1.1 pipeline; "model default" follows the file.
-RENORM_CHOICES = {"model default": None, "1.0 (off, v1.0)": 1.0, "0.93 (v1.1)": 0.93}
-# Rough peak activation memory per joint token and hidden unit, in elements, for the CFG batch of 2:
-# the single-block linear1 output (7·H with mlp ratio 4), attention and residual copies.
-ACTIVATION_ELEMENTS_PER_TOKEN_PER_HIDDEN = 2 * 12
+# Norm-rescaled CFG threshold (SPEC.md §12.2, V12.md §6.2): guidance is renormalised on steps with
+# t > threshold. Off is the v1.0 pipeline, 0.93 the v1.1 one, every step the v1.2 release;
+# "model default" follows the loaded file's release.
+RENORM_CHOICES = {"model default": None, "1.0 (off, v1.0)": RENORM_NEVER, "0.93 (v1.1)": RENORM_OFFICIAL,
+                  "every step (v1.2 release)": RENORM_EVERY_STEP}
 
 
 def split_conditioning(conditioning, role: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,31 +77,6 @@ def check_latent(latent: torch.Tensor, role: str) -> None:
                          f"(image sides multiples of {PIXELS_PER_TOKEN} px).")
 
 
-def run_compiled_or_eager(net, run: Callable[[], torch.Tensor], backend: str | Callable = "inductor") -> torch.Tensor:
-    """``run()`` with the DiT blocks under torch.compile when the loader asked for it (``net.torch_compile``).
-
-    The blocks are compiled once (regional compilation: one graph serves all 19 + 38 blocks). If the
-    compiler fails (no Triton, an unsupported op), the model runs eagerly from then on, with a warning.
-    """
-    if not getattr(net, "torch_compile", False):
-        return run()
-    if getattr(net, "compile_failed", False):
-        with torch.compiler.set_stance("force_eager"):
-            return run()
-    if not getattr(net, "blocks_compiled", False):
-        for block in [*net.double_blocks, *net.single_blocks]:
-            block.compile(backend=backend)
-        net.blocks_compiled = True
-    try:
-        return run()
-    except torch._dynamo.exc.TorchDynamoException as error:
-        logger.warning("torch.compile failed for %s (%s); running it uncompiled from now on.",
-                       getattr(net, "checkpoint_name", "the Step1X model"), str(error).splitlines()[0])
-        net.compile_failed = True
-        with torch.compiler.set_stance("force_eager"):
-            return run()
-
-
 def warn_on_release_mismatch(conditioning, version: str) -> None:
     release = conditioning[0][1].get(CONDITIONING_MARKER)
     if release in ("v1.0", "v1.1") and version in ("v1.0", "v1.1") and release != version:
@@ -136,8 +113,9 @@ class Step1XSampler(io.ComfyNode):
                 io.Float.Input("cfg", default=DEFAULT_CFG, min=CFG_MIN, max=CFG_MAX, step=0.1, round=0.01,
                                tooltip="Guidance scale. Official: 6.0. 1.0 still runs the negative row (no speed-up)."),
                 io.Combo.Input("cfg_renorm", options=list(RENORM_CHOICES), default="model default",
-                               tooltip="Norm-rescaled CFG on the first steps (t > threshold). model default: off for "
-                                       "v1.0 files, 0.93 for v1.1 files (steps 0-3 of 28 at 512²)."),
+                               tooltip="Norm-rescaled CFG on the steps with t > threshold. model default: off for "
+                                       "v1.0 files, 0.93 for v1.1 files (steps 0-3 of 28 at 512²), every step for "
+                                       "v1.2 (what its release does)."),
                 io.Boolean.Input("shift_schedule", default=True,
                                  tooltip="Resolution-dependent timestep shift (official: on; μ = 0.63 at 512², "
                                          "1.15 at 1024²)."),
@@ -164,54 +142,68 @@ class Step1XSampler(io.ComfyNode):
         if (ref_latent is None) == (empty_latent is None):
             raise ValueError("connect exactly one of ref_latent (editing, from Pack Ref Latent) and empty_latent "
                              "(text-to-image, from EmptySD3LatentImage).")
-        net = model.model
-        params = net.params
-        cond, cond_mask = split_conditioning(positive, "positive")
-        uncond, uncond_mask = split_conditioning(negative, "negative")
-        warn_on_release_mismatch(positive, params.version)
-        for role, embedding in (("positive", cond), ("negative", uncond)):
-            if embedding.shape[-1] != params.connector.in_channels:
-                raise ValueError(
-                    f"the {role} conditioning is {embedding.shape[-1]} wide but {net.checkpoint_name} expects "
-                    f"{params.connector.in_channels} (its Qwen2.5-VL hidden size): the text encoder does not match "
-                    "this checkpoint (Step1X-Edit uses Qwen2.5-VL-7B-Instruct, 3584).")
-        latent_dict = ref_latent if ref_latent is not None else empty_latent
-        latent = latent_dict["samples"]
+        params = model.model.params
+        latent = (ref_latent if ref_latent is not None else empty_latent)["samples"]
         check_latent(latent, "reference" if ref_latent is not None else "empty")
-        if ref_latent is None and not params.switches.supports_text_to_image:
-            raise ValueError(f"{net.checkpoint_name} is Step1X-Edit {params.version}, which only edits; text-to-image "
-                             "needs the v1.1 file (step1x-edit-v1p1-official.safetensors).")
-        batch = common_batch(positive=cond.shape[0], negative=uncond.shape[0], latent=latent.shape[0])
-        _, _, latent_h, latent_w = latent.shape
         threshold = RENORM_CHOICES[cfg_renorm]
         if threshold is None:
             threshold = params.switches.renorm_threshold
-        latent_format = net.latent_format
-        inputs = SamplingInputs(
-            noise=make_noise(seed, batch, latent_h, latent_w),
-            ref_latent=None if ref_latent is None else latent_format.process_in(repeat_to(latent, batch).float()),
-            cond=repeat_to(cond, batch), cond_mask=repeat_to(cond_mask, batch),
-            uncond=repeat_to(uncond, batch), uncond_mask=repeat_to(uncond_mask, batch),
-            timesteps=get_schedule(steps, (latent_h // 2) * (latent_w // 2), shift=shift_schedule),
-        )
-        tokens = cond.shape[1] + (latent_h // 2) * (latent_w // 2) * (1 if ref_latent is None else 2)
-        element_bytes = torch.finfo(net.compute_dtype).bits // 8
-        memory = tokens * batch * params.dit.hidden_size * ACTIVATION_ELEMENTS_PER_TOKEN_PER_HIDDEN * element_bytes
-        mm.load_models_gpu([model], memory_required=memory)
-        set_attention_backend(net.attention_backend)
-        callback = cls._step_callback(model, steps, latent_h, latent_w)
-        result = run_compiled_or_eager(net, lambda: sample(net, inputs, cfg, threshold, params.switches.ref_id_offset,
-                                                           net.compute_dtype, model.load_device, callback=callback))
-        out = {"samples": latent_format.process_out(result).to(mm.intermediate_device())}
+        callback = step_callback(model, steps, *latent.shape[2:])
+        if is_v12_conditioning(positive):
+            if ref_latent is None:
+                raise ValueError("v1.2 conditioning edits an image: connect ref_latent (Pack Ref Latent).")
+            noise = make_noise(seed, latent.shape[0], *latent.shape[2:])
+            samples = sample_v12(model, branch_from_conditioning(positive, "positive"),
+                                 branch_from_conditioning(negative, "negative"), latent, noise, steps, cfg, threshold,
+                                 callback, shift=shift_schedule)
+        else:
+            samples = sample_batched(model, positive, negative, latent, ref_latent is not None, seed, steps, cfg,
+                                     threshold, shift_schedule, callback)
+        out = {"samples": samples}
         if ref_latent is not None and ORIGINAL_SIZE_KEY in ref_latent:
             out[ORIGINAL_SIZE_KEY] = ref_latent[ORIGINAL_SIZE_KEY]
         return io.NodeOutput(out)
 
-    @staticmethod
-    def _step_callback(model, steps: int, latent_h: int, latent_w: int):
-        preview = latent_preview.prepare_callback(model, steps)
 
-        def on_step(step: int, total: int, x: torch.Tensor, x0: torch.Tensor) -> None:
-            preview(step, unpack_latent(x0, latent_h, latent_w), None, total)
-            mm.throw_exception_if_processing_interrupted()
-        return on_step
+def is_v12_conditioning(conditioning) -> bool:
+    return bool(conditioning) and len(conditioning[0]) == 2 and conditioning[0][1].get(CONDITIONING_MARKER) == V12_RELEASE
+
+
+def sample_batched(model, positive, negative, latent: torch.Tensor, is_edit: bool, seed: int, steps: int, cfg: float,
+                   threshold: float, shift: bool, callback) -> torch.Tensor:
+    """v1.0 / v1.1 conditioning: one CFG batch per step → raw FLUX latent on the intermediate device."""
+    net = model.model
+    params = net.params
+    if params.switches.text_token_mapping:
+        raise ValueError(f"{net.checkpoint_name} is Step1X-Edit {params.version}: encode with 'Step1X v1.2 VLM "
+                         "Encode' (its own Qwen2.5-VL), not 'VLM Encode Instruction + Image'.")
+    cond, cond_mask = split_conditioning(positive, "positive")
+    uncond, uncond_mask = split_conditioning(negative, "negative")
+    warn_on_release_mismatch(positive, params.version)
+    for role, embedding in (("positive", cond), ("negative", uncond)):
+        if embedding.shape[-1] != params.connector.in_channels:
+            raise ValueError(
+                f"the {role} conditioning is {embedding.shape[-1]} wide but {net.checkpoint_name} expects "
+                f"{params.connector.in_channels} (its Qwen2.5-VL hidden size): the text encoder does not match "
+                "this checkpoint (Step1X-Edit uses Qwen2.5-VL-7B-Instruct, 3584).")
+    if not is_edit and not params.switches.supports_text_to_image:
+        raise ValueError(f"{net.checkpoint_name} is Step1X-Edit {params.version}, which only edits; text-to-image "
+                         "needs the v1.1 file (step1x-edit-v1p1-official.safetensors).")
+    batch = common_batch(positive=cond.shape[0], negative=uncond.shape[0], latent=latent.shape[0])
+    _, _, latent_h, latent_w = latent.shape
+    latent_format = net.latent_format
+    inputs = SamplingInputs(
+        noise=make_noise(seed, batch, latent_h, latent_w),
+        ref_latent=latent_format.process_in(repeat_to(latent, batch).float()) if is_edit else None,
+        cond=repeat_to(cond, batch), cond_mask=repeat_to(cond_mask, batch),
+        uncond=repeat_to(uncond, batch), uncond_mask=repeat_to(uncond_mask, batch),
+        timesteps=get_schedule(steps, (latent_h // 2) * (latent_w // 2), shift=shift),
+    )
+    tokens = cond.shape[1] + (latent_h // 2) * (latent_w // 2) * (2 if is_edit else 1)
+    element_bytes = torch.finfo(net.compute_dtype).bits // 8
+    memory = tokens * batch * params.dit.hidden_size * ACTIVATION_ELEMENTS_PER_TOKEN_PER_HIDDEN * element_bytes
+    mm.load_models_gpu([model], memory_required=memory)
+    set_attention_backend(net.attention_backend)
+    result = run_compiled_or_eager(net, lambda: sample(net, inputs, cfg, threshold, params.switches.ref_id_offset,
+                                                       net.compute_dtype, model.load_device, callback=callback))
+    return latent_format.process_out(result).to(mm.intermediate_device())

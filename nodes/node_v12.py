@@ -1,12 +1,11 @@
 """Step1X-Edit v1.2 nodes: load the pipeline folder, encode with its own VLM, sample per CFG branch.
 
-Plain v1.2 edit: Load Step1X-Edit v1.2 → Step1X v1.2 VLM Encode + Pack Ref Latent → Step1X v1.2
-Sampler → Unpack/Decode. v1.2 conditioning (no padding, own text ids and quoted-text embeddings,
-V12.md §3) needs its own sampler: cond and uncond are separate DiT calls (model/branch_sampling.py).
+Plain v1.2 edit: Load Step1X-Edit v1.2 → Step1X v1.2 VLM Encode + Pack Ref Latent → Step1X Sampler →
+Unpack/Decode. The sampler recognises v1.2 conditioning (no padding, own text ids and quoted-text
+embeddings, V12.md §3) and runs cond and uncond as separate DiT calls (model/branch_sampling.py).
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import comfy.utils
@@ -16,23 +15,12 @@ from comfy_api.latest import io
 
 from ..model.attention import BACKENDS
 from ..model.checkpoint import CheckpointError
-from ..model.sampling import make_noise
 from ..model.vlm_image import image_tensor_to_pil
 from ..model.vlm_v12_encode import encode_v12, vlm_source_image
-from .common import CATEGORY, ORIGINAL_SIZE_KEY
+from .common import CATEGORY
 from .node_loader import MODEL_FOLDER, WEIGHT_DTYPES, load_step1x_model
-from .node_sampler import DEFAULT_CFG, DEFAULT_SEED, DEFAULT_STEPS, MAX_STEPS, Step1XSampler, check_latent
 from .node_vlm_encode import HF_FOLDER_ROOT, MAX_SIZE_LEVEL, MIN_SIZE_LEVEL, SIZE_LEVEL_STEP, list_hf_folders
-from .v12_runtime import (
-    RENORM_CHOICES,
-    V12VLM,
-    branch_from_conditioning,
-    check_v12_model,
-    list_model_folders,
-    renorm_threshold,
-    sample_v12,
-    to_conditioning,
-)
+from .v12_runtime import V12VLM, list_model_folders, to_conditioning
 from .vlm_v12_hf import locate_v12_text_encoder
 
 V12_SIZE_LEVEL = 1024  # the v1.2 pipeline's default size_level (V12.md §4)
@@ -87,7 +75,7 @@ class Step1XV12Loader(io.ComfyNode):
                                          "1.45× faster sampling on an H100 after a one-minute first compile; runs "
                                          "uncompiled, with a warning, if compiling fails."),
             ],
-            outputs=[io.Model.Output(tooltip="The Step1X-Edit DiT (for Step1X v1.2 Sampler / Reasoning Edit)."),
+            outputs=[io.Model.Output(tooltip="The Step1X-Edit DiT (for Step1X Sampler / Reasoning Edit)."),
                      Step1XVLM.Output(display_name="vlm",
                                       tooltip="v1.2's Qwen2.5-VL, for v1.2 VLM Encode, Think and Reasoning Edit.")],
         )
@@ -130,7 +118,7 @@ class Step1XV12Encode(io.ComfyNode):
                                      "image at that size (then 256–400 vision tokens). v1.2 default 1024; use "
                                      "the same value in Pack Ref Latent."),
             ],
-            outputs=[io.Conditioning.Output("positive", tooltip="Instruction encoding (v1.2) for Step1X v1.2 Sampler."),
+            outputs=[io.Conditioning.Output("positive", tooltip="Instruction encoding (v1.2) for Step1X Sampler."),
                      io.Conditioning.Output("negative", tooltip="Negative encoding, same image.")],
         )
 
@@ -148,50 +136,3 @@ class Step1XV12Encode(io.ComfyNode):
             encodings.append(to_conditioning(encode_v12(runner, text, vlm_image)))
             progress.update(1)
         return io.NodeOutput(*encodings)
-
-
-class Step1XV12Sampler(io.ComfyNode):
-    @classmethod
-    def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="Step1XV12Sampler",
-            display_name="Step1X v1.2 Sampler",
-            category=CATEGORY,
-            description="Edits the reference latent with v1.2 conditioning: shifted schedule, Euler steps, "
-                        "norm-rescaled CFG, instruction and negative as separate DiT calls (their lengths differ).",
-            inputs=[
-                io.Model.Input("model", tooltip="The v1.2 DiT from Load Step1X-Edit v1.2."),
-                io.Conditioning.Input("positive", tooltip="From Step1X v1.2 VLM Encode."),
-                io.Conditioning.Input("negative", tooltip="From Step1X v1.2 VLM Encode."),
-                io.Latent.Input("ref_latent", tooltip="From Pack Ref Latent (same size_level as the encoder)."),
-                io.Int.Input("seed", default=DEFAULT_SEED, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                             tooltip="Noise seed (CPU generator: same noise on any device)."),
-                io.Int.Input("steps", default=DEFAULT_STEPS, min=1, max=MAX_STEPS, tooltip="Release: 28."),
-                io.Float.Input("cfg", default=DEFAULT_CFG, min=0.0, max=100.0, step=0.1, round=0.01,
-                               tooltip="true_cfg_scale; release: 6.0."),
-                io.Combo.Input("cfg_renorm", options=list(RENORM_CHOICES), default=next(iter(RENORM_CHOICES)),
-                               tooltip="release: guidance renormalised on every step (the v1.2 pipeline compares "
-                                       "t·1000 with 0.93). official: only while t > 0.93, the v1.1 rule."),
-            ],
-            outputs=[io.Latent.Output(tooltip="The edited latent (raw FLUX latent, for Unpack/Decode).")],
-        )
-
-    @classmethod
-    def validate_inputs(cls, cfg: float) -> bool | str:
-        return True if math.isfinite(cfg) else f"cfg must be a finite number, got {cfg}; the release uses 6.0."
-
-    @classmethod
-    def execute(cls, model, positive, negative, ref_latent: dict, seed: int, steps: int, cfg: float,
-                cfg_renorm: str) -> io.NodeOutput:
-        check_v12_model(model)
-        cond, uncond = branch_from_conditioning(positive, "positive"), branch_from_conditioning(negative, "negative")
-        latent = ref_latent["samples"]
-        check_latent(latent, "reference")
-        batch, _, latent_h, latent_w = latent.shape
-        callback = Step1XSampler._step_callback(model, steps, latent_h, latent_w)
-        result = sample_v12(model, cond, uncond, latent, make_noise(seed, batch, latent_h, latent_w), steps, cfg,
-                            renorm_threshold(model, cfg_renorm), callback)
-        out = {"samples": result}
-        if ORIGINAL_SIZE_KEY in ref_latent:
-            out[ORIGINAL_SIZE_KEY] = ref_latent[ORIGINAL_SIZE_KEY]
-        return io.NodeOutput(out)

@@ -25,7 +25,7 @@ from ..model.params import RENORM_OFFICIAL
 from ..model.sampling import LATENT_CHANNELS, get_schedule, size_for_level
 from ..model.vlm_v12_encode import V12Encoding, encode_v12, vlm_source_image
 from .common import CONDITIONING_MARKER, U8_MAX
-from .node_sampler import ACTIVATION_ELEMENTS_PER_TOKEN_PER_HIDDEN, run_compiled_or_eager
+from .dit_runtime import ACTIVATION_ELEMENTS_PER_TOKEN_PER_HIDDEN, run_compiled_or_eager
 from .vlm_v12_hf import HFQwen25VLV12, V12TextEncoderFolders
 
 V12_RELEASE = "v1.2"  # the conditioning marker's value for v1.2 encodings
@@ -105,7 +105,7 @@ def renorm_threshold(model, choice: str) -> float:
 
 
 def sample_v12(model, cond: BranchText, uncond: BranchText, ref_latent: torch.Tensor | None, noise: torch.Tensor,
-               steps: int, cfg: float, threshold: float, callback=None) -> torch.Tensor:
+               steps: int, cfg: float, threshold: float, callback=None, shift: bool = True) -> torch.Tensor:
     """Per-branch v1.2 sampling on the model's load device → raw FLUX latent ``[B, 16, h, w]``.
 
     ref_latent is raw (as VAEEncode gives it); noise is float32 in the model's latent scaling.
@@ -122,7 +122,7 @@ def sample_v12(model, cond: BranchText, uncond: BranchText, ref_latent: torch.Te
     set_attention_backend(net.attention_backend)
     ref = None if ref_latent is None else net.latent_format.process_in(ref_latent.float())
     result = run_compiled_or_eager(net, lambda: sample_per_branch(
-        net, noise, ref, cond, uncond, get_schedule(steps, n_noise), cfg, threshold, net.compute_dtype,
+        net, noise, ref, cond, uncond, get_schedule(steps, n_noise, shift=shift), cfg, threshold, net.compute_dtype,
         model.load_device, callback))
     return net.latent_format.process_out(result).to(mm.intermediate_device())
 

@@ -36,8 +36,8 @@ def edit_workflow() -> dict:
                   negative_instruction="", size_level=SIZE_LEVEL),
         "5": node("Step1XPackRefLatent", "Pack Ref Latent", image=["1", 0], vae=["2", 0], size_level=SIZE_LEVEL,
                   resize_filter="lanczos"),
-        "6": node("Step1XV12Sampler", "Step1X v1.2 Sampler", model=["3", 0], positive=["4", 0], negative=["4", 1],
-                  ref_latent=["5", 0], seed=42, steps=28, cfg=6.0, cfg_renorm=RENORM),
+        "6": node("Step1XSampler", "Step1X Sampler", model=["3", 0], positive=["4", 0], negative=["4", 1],
+                  ref_latent=["5", 0], seed=42, steps=28, cfg=6.0, cfg_renorm="model default", shift_schedule=True),
         "7": node("Step1XUnpackDecode", "Unpack/Decode", samples=["6", 0], vae=["2", 0], output_size="original"),
         "8": node("SaveImage", "Save Image", images=["7", 0], filename_prefix="step1x_edit_v1_2"),
     }

@@ -22,7 +22,7 @@ V12_API_DIR = REPO_ROOT / "workflows" / "v1_2" / "api"
 GENERATOR = REPO_ROOT / "scripts" / "make_tiny_v1_2.py"
 PIPELINE = "Step1X-Edit-v1p2"
 STOCK_QWEN = "Qwen2.5-VL-7B-Instruct"   # the tiny stock Qwen of the v1.0/v1.1 workflows, in text_encoders/
-V12_NODES = ("Step1XV12Loader", "Step1XV12Encode", "Step1XV12Sampler", "Step1XThink", "Step1XReasoningEdit")
+V12_NODES = ("Step1XV12Loader", "Step1XV12Encode", "Step1XThink", "Step1XReasoningEdit")
 RUN_TIMEOUT_S = 900
 
 
@@ -108,7 +108,7 @@ def test_plain_edit_is_seeded(client, v12_pipeline):
     first = saved_images(client, client.run(prompt, RUN_TIMEOUT_S))
     again = quick_v12(load_v12("step1x_edit_v1_2"))
     assert saved_images(client, client.run(again, RUN_TIMEOUT_S)) == first
-    other = set_inputs(quick_v12(load_v12("step1x_edit_v1_2")), "Step1XV12Sampler", seed=7)
+    other = set_inputs(quick_v12(load_v12("step1x_edit_v1_2")), "Step1XSampler", seed=7)
     assert saved_images(client, client.run(other, RUN_TIMEOUT_S)) != first
 
 
@@ -126,13 +126,13 @@ def test_stock_qwen_as_v12_text_encoder_names_the_folder_to_use(client, v12_pipe
         client.run(prompt, RUN_TIMEOUT_S)
 
 
-def test_v10_conditioning_is_refused_by_the_v12_sampler(client, v12_pipeline):
+def test_v10_conditioning_with_the_v12_model_names_the_v12_encoder(client, v12_pipeline):
     prompt = quick_v12(load_v12("step1x_edit_v1_2"))
     prompt["9"] = {"class_type": "Step1XVLMEncode", "inputs": {
         "image": ["1", 0], "instruction": "make it snow", "negative_instruction": "", "size_level": TEST_SIZE_LEVEL,
         "resize_filter": "lanczos", "hf_folder": STOCK_QWEN, "release": "v1.0"}}
-    set_inputs(prompt, "Step1XV12Sampler", positive=["9", 0])
-    with pytest.raises(ComfyError, match="not a v1.2 encoding.*Step1X v1.2 VLM Encode"):
+    set_inputs(prompt, "Step1XSampler", positive=["9", 0])
+    with pytest.raises(ComfyError, match="is Step1X-Edit v1.2: encode with 'Step1X v1.2 VLM Encode'"):
         client.run(prompt, RUN_TIMEOUT_S)
 
 
@@ -140,7 +140,7 @@ def test_v10_conditioning_is_refused_by_the_v12_sampler(client, v12_pipeline):
 
 V12_UI_DIR = REPO_ROOT / "workflows" / "v1_2" / "ui"
 EXAMPLES_DIR = REPO_ROOT / "example_workflows"
-V12_QUICK_WIDGETS = {"Step1XV12Sampler": {"steps": TEST_STEPS}, "Step1XV12Encode": {"size_level": TEST_SIZE_LEVEL},
+V12_QUICK_WIDGETS = {"Step1XSampler": {"steps": TEST_STEPS}, "Step1XV12Encode": {"size_level": TEST_SIZE_LEVEL},
                      "Step1XPackRefLatent": {"size_level": TEST_SIZE_LEVEL}}
 V12_WORKFLOWS = sorted(p.stem for p in V12_API_DIR.glob("*.json"))
 
