@@ -135,9 +135,13 @@ def vlm_costs(device, image_tokens: int = 324, text_tokens: int = 248) -> dict:
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     config = Qwen2_5_VLConfig(text_config=QWEN_TEXT, vision_config=QWEN_VISION, **QWEN_TEXT)
-    torch.cuda.reset_peak_memory_stats(device)
-    with torch.device(device):
-        model = Qwen2_5_VLForConditionalGeneration(config).to(torch.bfloat16).eval()
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)  # build in bf16: no fp32 copy of the 7B weights
+    try:
+        with torch.device(device):
+            model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    finally:
+        torch.set_default_dtype(default_dtype)
     side = int(image_tokens**0.5) * 2  # patches per side (merge 2×2)
     pixel_values = torch.randn(side * side, 3 * 2 * 14 * 14, device=device, dtype=torch.bfloat16)
     grid = torch.tensor([[1, side, side]], device=device)
@@ -152,6 +156,8 @@ def vlm_costs(device, image_tokens: int = 324, text_tokens: int = 248) -> dict:
                 model(input_ids=ids, pixel_values=pixel_values, image_grid_thw=grid, mm_token_type_ids=mm_types,
                       output_hidden_states=True)
 
+    run()
+    torch.cuda.reset_peak_memory_stats(device)  # the forward's own peak, weights included
     seconds = timed(run)
     out = {"mode": "qwen2.5-vl-7b-encode", "tokens": int(ids.shape[1]), "rows": 2, "s_per_edit": seconds,
            "weights_gib": sum(p.numel() * p.element_size() for p in model.parameters()) / GIB,
