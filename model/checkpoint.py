@@ -26,7 +26,6 @@ SCALED_FP8_MARKER = "scaled_fp8"
 INPUT_SCALE_SUFFIX = ".scale_input"
 OFFICIAL_MARKERS = ("connector.S.input_embedder.weight", "double_blocks.0.img_attn.qkv.weight")
 DIFFUSERS_MARKERS = ("connector.S.input_embedder.weight", "x_embedder.weight")
-V12_MARKER = "text_token_mapping.weight"
 
 
 class CheckpointError(ValueError):

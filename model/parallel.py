@@ -143,7 +143,8 @@ def sample_parallel(
     t_rows = torch.empty(rows, dtype=compute_dtype, device=device)
 
     def predict(x: Tensor, t: float) -> tuple[Tensor, Tensor]:
-        model_input[:, :n_noise].copy_(x.repeat(len(branches), 1, 1))
+        for branch in range(len(branches)):
+            model_input[branch * batch:(branch + 1) * batch, :n_noise].copy_(x)
         t_rows.fill_(t)
         txt, vec = model.embed(t_rows, llm_embedding, t_rows, mask, compute_dtype)
         local = model.blocks(model.img_in(model_input[:, mine]), txt, vec, pe, attn)

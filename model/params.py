@@ -30,8 +30,6 @@ RENORM_NEVER = 1.0
 RENORM_OFFICIAL = 0.93
 FORK_TIMESTEP_SCALE = 1000
 RENORM_EVERY_STEP = RENORM_OFFICIAL / FORK_TIMESTEP_SCALE
-# Keys that identify a Step1X-Edit DiT in the official single-file layout (SPEC.md §2).
-IDENTIFYING_KEYS = ("connector.S.input_embedder.weight", "double_blocks.0.img_attn.qkv.weight")
 
 
 @dataclass(frozen=True)
@@ -154,7 +152,7 @@ def detect_params(
         vec_in_dim=shapes["vector_in.in_layer.weight"][1],
         context_in_dim=shapes["txt_in.weight"][1],
         hidden_size=hidden,
-        mlp_ratio=shapes["double_blocks.0.img_mlp.0.weight"][0] / hidden,
+        mlp_ratio=_ratio_for_width(shapes["double_blocks.0.img_mlp.0.weight"][0], hidden),
         num_heads=hidden // head_dim,
         depth=_block_count(shapes, "double_blocks"),
         depth_single_blocks=_block_count(shapes, "single_blocks"),
@@ -168,7 +166,7 @@ def detect_params(
         hidden_size=connector_hidden,
         heads_num=connector_heads,
         depth=_block_count(shapes, "connector.S.individual_token_refiner.blocks"),
-        mlp_ratio=refiner_mlp / connector_hidden,
+        mlp_ratio=_ratio_for_width(refiner_mlp, connector_hidden),
     )
     return Step1XParams(dit, connector, detect_version(shapes))
 
@@ -178,6 +176,12 @@ def detect_version(keys) -> str:
     if V10_ONLY_KEY in keys:
         return "v1.0"
     return "v1.2" if V12_ONLY_KEY in keys else "v1.1"
+
+
+def _ratio_for_width(width: int, hidden: int) -> float:
+    """An MLP ratio whose ``int(hidden · ratio)`` (how the layers size the MLP) gives back ``width``."""
+    ratio = width / hidden
+    return ratio if int(hidden * ratio) == width else (width + 0.5) / hidden
 
 
 def _default_axes(head_dim: int) -> tuple[int, int, int]:

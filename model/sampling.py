@@ -24,7 +24,6 @@ BASE_SEQ_LEN, MAX_SEQ_LEN = 256, 4096
 # Norm-rescaled CFG (SPEC.md §12.2): guidance divided by ‖c − u‖^0.4 for tokens whose norm exceeds 1.
 RENORM_EXPONENT = 0.4
 RENORM_MIN_NORM = 1.0
-RENORM_OFF = 1.0  # t never exceeds 1, so this threshold switches the rule off (v1.0)
 
 
 def size_for_level(width: int, height: int, size_level: int) -> tuple[int, int]:
@@ -151,10 +150,10 @@ def denoise(
     for step, (t_curr, t_next) in enumerate(zip(times[:-1], times[1:])):
         cond, uncond = predict(x, t_curr)
         velocity = guided_velocity(cond, uncond, cfg, renormalise=t_curr > renorm_threshold)
-        x0 = x - t_curr * velocity
-        x = x + (t_next - t_curr) * velocity
+        x_next = x + (t_next - t_curr) * velocity
         if callback is not None:
-            callback(step, total, x, x0)
+            callback(step, total, x_next, x - t_curr * velocity)
+        x = x_next
     return x
 
 

@@ -79,7 +79,8 @@ class Step1XModelLoader(io.ComfyNode):
             node_id="Step1XModelLoader",
             display_name="Load Step1X Model",
             category=CATEGORY,
-            description="Loads a Step1X-Edit DiT (v1.0 or v1.1, detected from the file) from models/diffusion_models.",
+            description="Loads a Step1X-Edit DiT (v1.0, v1.1 or a v1.2 diffusers file; the release is detected from the "
+                        "file) from models/diffusion_models.",
             inputs=[
                 io.Combo.Input("ckpt_name", options=folder_paths.get_filename_list(MODEL_FOLDER),
                                tooltip="Official single file: step1x-edit-i1258.safetensors (v1.0, 24.9 GB bf16), "

@@ -179,3 +179,16 @@ def test_forced_version_drops_the_v10_factor_with_a_warning(tmp_path, caplog):
     model, info = load(V10.folder / "tiny_model.safetensors", V10, version="v1.1")
     assert info.params.version == "v1.1" and model.connector.scale_factor is None
     assert "ignoring connector.scale_factor" in caplog.text
+
+
+@pytest.mark.parametrize("hidden, width", [(112, 115), (112, 122), (112, 230), (64, 256)])
+def test_detected_mlp_width_is_rebuilt_exactly(hidden, width):
+    """Widths that ``int(hidden · width / hidden)`` would round down still give back the file's width."""
+    from model.params import detect_params
+
+    shapes = {k: tuple(v.shape) for k, v in tiny_state(V10).items()}
+    shapes["img_in.weight"] = (hidden, shapes["img_in.weight"][1])
+    shapes["double_blocks.0.img_mlp.0.weight"] = (width, hidden)
+    shapes["double_blocks.0.img_attn.norm.query_norm.scale"] = (hidden // 2,)
+    params = detect_params(shapes, connector_heads=1, axes_dim=(hidden // 2 - 8, 4, 4))
+    assert params.dit.mlp_hidden == width

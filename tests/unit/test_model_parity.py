@@ -8,7 +8,7 @@ import torch
 from model import image_io, sampling
 from model.dit import Step1XEdit
 from model.loader import load_step1x_dit
-from model.params import detect_params
+from model.params import VERSIONS, detect_params
 from tests.golden import assert_close, model_sets
 
 SETS = model_sets()
@@ -43,6 +43,9 @@ def test_detected_config_equals_manifest(fixture_set):
     params = detect_params({k: tuple(v.shape) for k, v in sd.items()}, cfg["connector"]["heads_num"], cfg["dit"]["axes_dim"])
     for field, value in cfg["dit"].items():
         got = getattr(params.dit, field)
+        if field == "mlp_ratio":  # the file holds the MLP width; any ratio giving that width is the same model
+            assert params.dit.mlp_hidden == int(cfg["dit"]["hidden_size"] * value)
+            continue
         assert (list(got) if isinstance(got, tuple) else got) == value, field
     for field, value in cfg["connector"].items():
         assert getattr(params.connector, field) == value, field
@@ -125,11 +128,19 @@ def test_edit_sampling_loop(fixture_set, model):
     _sampling_case(fixture_set, model, "sampling.safetensors")
 
 
-def test_text_to_image_sampling_loop(fixture_set, model):
-    if not fixture_set.has("t2i_sampling.safetensors"):
-        assert not fixture_set.version.startswith("v1.1"), "the v1.1 set must hold t2i_sampling"
-        return
-    _sampling_case(fixture_set, model, "t2i_sampling.safetensors")
+T2I_SETS = [s for s in SETS if s.has("t2i_sampling.safetensors")]
+
+
+def test_every_text_to_image_release_has_its_fixture():
+    t2i_versions = {v for v, switches in VERSIONS.items() if switches.supports_text_to_image}
+    for fixtures in SETS:
+        if fixtures.version in t2i_versions:
+            assert fixtures in T2I_SETS, f"the {fixtures.version} set must hold t2i_sampling.safetensors"
+
+
+@pytest.mark.parametrize("fixtures", T2I_SETS, ids=lambda s: s.version)
+def test_text_to_image_sampling_loop(fixtures):
+    _sampling_case(fixtures, build_model(fixtures), "t2i_sampling.safetensors")
 
 
 def _schedule_sets():
@@ -185,7 +196,7 @@ def test_packing_ids_and_pixels(fixtures, filename):
         assert torch.equal(sampling.pack_latent(latent), t["packed"])
         assert torch.equal(sampling.unpack_latent(t["packed"], h, w), latent)
     n_ids = t["img_ids"].shape[1]
-    offset = 0.0 if fixtures.version == "v1.0" else 1.0
+    offset = VERSIONS[fixtures.version].ref_id_offset
     ids = sampling.image_ids(h, w)
     if n_ids == 2 * ids.shape[0]:
         ids = torch.cat((ids, sampling.image_ids(h, w, offset)))

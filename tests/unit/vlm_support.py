@@ -12,7 +12,6 @@ import sys
 import types
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 
 import torch
 from PIL import Image
