@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from model import attention, fp8  # noqa: E402
 from model.dit import Step1XEdit  # noqa: E402
 from model.params import FULL_SIZE  # noqa: E402
-from model.sampling import SamplingInputs, get_schedule, make_noise, pack_latent, sample  # noqa: E402
+from model.sampling import SamplingInputs, get_schedule, make_noise, sample  # noqa: E402
 
 GIB = 1024**3
 TEXT_TOKENS = 640  # the official text window (SPEC.md §1)
@@ -96,7 +96,7 @@ def time_steps(model, inputs: SamplingInputs, warmup: int, repeat: int, device) 
     for i in range(warmup + repeat):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        sample(model, one, cfg=6.0, renorm_threshold=0.93, ref_id_offset=1.0, compute_dtype=torch.bfloat16, device=device)
+        sample(model, one, cfg=6.0, renorm_threshold=0.93, switches=model.params.switches, compute_dtype=torch.bfloat16, device=device)
         end.record()
         torch.cuda.synchronize()
         if i >= warmup:
@@ -107,7 +107,7 @@ def time_steps(model, inputs: SamplingInputs, warmup: int, repeat: int, device) 
 def full_edit(model, inputs: SamplingInputs, device) -> tuple[float, torch.Tensor]:
     torch.cuda.synchronize()
     t0 = time.perf_counter()
-    out = sample(model, inputs, cfg=6.0, renorm_threshold=0.93, ref_id_offset=1.0, compute_dtype=torch.bfloat16,
+    out = sample(model, inputs, cfg=6.0, renorm_threshold=0.93, switches=model.params.switches, compute_dtype=torch.bfloat16,
                  device=device)
     torch.cuda.synchronize()
     return time.perf_counter() - t0, out
@@ -126,7 +126,7 @@ def measure(model, inputs, mode: str, size: int, args, device, reference: dict) 
         if size == args.full_edit_size:
             run["s_per_edit_measured"], latent = full_edit(model, inputs, device)
             first_step = sample(model, replace(inputs, timesteps=inputs.timesteps[:2]), cfg=6.0, renorm_threshold=0.93,
-                                ref_id_offset=1.0, compute_dtype=torch.bfloat16, device=device)
+                                switches=model.params.switches, compute_dtype=torch.bfloat16, device=device)
             if "latent" not in reference:
                 reference.update(latent=latent, first_step=first_step, mode=mode)
             else:

@@ -51,7 +51,7 @@ def main() -> None:
             dist.barrier()
             torch.cuda.synchronize()
             start = time.perf_counter()
-            sample_parallel(model, inputs, 6.0, 0.93, 1.0, torch.bfloat16, device, plan)
+            sample_parallel(model, inputs, 6.0, 0.93, model.params.switches, torch.bfloat16, device, plan)
             torch.cuda.synchronize()
             dist.barrier()
             times.append(time.perf_counter() - start)

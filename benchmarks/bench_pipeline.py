@@ -94,7 +94,7 @@ def dit_lowvram(budgets_gib: list[float], size: int, device, compiled: bool, wei
         else:
             patcher.load(device, full_load=True)
         with torch.no_grad():
-            s_step = timed(lambda: sample(model, one, 6.0, 0.93, 1.0, torch.bfloat16, device), repeat=3, warmup=2)
+            s_step = timed(lambda: sample(model, one, 6.0, 0.93, model.params.switches, torch.bfloat16, device), repeat=3, warmup=2)
         kind = weights + ("-fp8-matmul" if fp8_matmul else "")
         mode = f"{kind}-comfy-lowvram-{budget:g}GiB" if budget else f"{kind}-comfy-full-load"
         row = {"mode": mode + ("-compile" if compiled else ""), "size": size, "steps": 28,

@@ -86,7 +86,7 @@ def main() -> None:
         with torch.no_grad():
             for _ in range(2):
                 vlm(**{k: v for k, v in encode.items() if k != "attention_mask"}, output_hidden_states=True)
-            sample(dit, inputs, 6.0, 0.93, 1.0, torch.bfloat16, device)
+            sample(dit, inputs, 6.0, 0.93, dit.params.switches, torch.bfloat16, device)
 
     report = {"gpu": torch.cuda.get_device_name(device), "torch": torch.__version__,
               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ"),

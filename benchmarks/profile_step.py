@@ -27,7 +27,7 @@ def main() -> None:
             print("fp8" if fp8_mode else "bf16", "s/step", time_steps(model, inputs, 3, 5, device), flush=True)
             one = replace(inputs, timesteps=inputs.timesteps[:2])
             with profile(activities=[ProfilerActivity.CUDA]) as prof:
-                sample(model, one, 6.0, 0.93, 1.0, torch.bfloat16, device)
+                sample(model, one, 6.0, 0.93, model.params.switches, torch.bfloat16, device)
                 torch.cuda.synchronize()
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=90), flush=True)
 

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .params import VersionSwitches
-from .sampling import StepCallback, denoise, image_ids, pack_latent, unpack_latent
+from .sampling import StepCallback, denoise, pack_latent, sequence_ids, unpack_latent
 
 
 @dataclass(frozen=True)
@@ -47,15 +46,6 @@ class BranchText:
         return rows(self.embedding), rows(self.mask), rows(self.text_embeds), rows(self.text_mask)
 
 
-def reference_ids(latent_h: int, latent_w: int, switches: VersionSwitches, device=None) -> Tensor:
-    """Reference-token ids ``[N, 3]``: ``(o, r+o, c+o)`` (v1.0/v1.1) or ``(o, r, c)`` (v1.2, V12.md §4)."""
-    if switches.ref_id_offset_spatial:
-        return image_ids(latent_h, latent_w, switches.ref_id_offset, device=device)
-    ids = image_ids(latent_h, latent_w, device=device)
-    ids[:, 0] = switches.ref_id_offset
-    return ids
-
-
 def sample_per_branch(
     model,
     noise: Tensor,
@@ -79,11 +69,10 @@ def sample_per_branch(
     switches = model.params.switches
     x = pack_latent(noise.to(device=device, dtype=torch.float32))
     n_noise = x.shape[1]
-    ids = image_ids(latent_h, latent_w, device=device)
+    ids = sequence_ids(latent_h, latent_w, switches, ref_latent is not None, device=device)
     parts = [x.to(compute_dtype)]
     if ref_latent is not None:
         parts.append(pack_latent(ref_latent).to(device=device, dtype=compute_dtype).expand(batch, -1, -1))
-        ids = torch.cat((ids, reference_ids(latent_h, latent_w, switches, device=device)))
     model_input = torch.cat(parts, dim=1)
     branches = [branch.model_inputs(batch, device) for branch in (cond, uncond)]
     pes = [model.positions(branch.txt_ids[None].to(device=device, dtype=torch.float32), ids[None])

@@ -20,7 +20,8 @@ from torch import Tensor
 from torch.nn.functional import scaled_dot_product_attention
 
 from .attention import apply_rope, attention
-from .sampling import SamplingInputs, StepCallback, denoise, image_ids, pack_latent, unpack_latent
+from .params import VersionSwitches
+from .sampling import SamplingInputs, StepCallback, denoise, pack_latent, sequence_ids, unpack_latent
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,7 @@ def sample_parallel(
     inputs: SamplingInputs,
     cfg: float,
     renorm_threshold: float,
-    ref_id_offset: float,
+    switches: VersionSwitches,
     compute_dtype: torch.dtype,
     device: torch.device,
     plan: ParallelPlan,
@@ -120,7 +121,7 @@ def sample_parallel(
     batch, _, latent_h, latent_w = inputs.noise.shape
     x = pack_latent(inputs.noise.to(device=device, dtype=torch.float32))
     n_noise = x.shape[1]
-    ids = image_ids(latent_h, latent_w, device=device)
+    ids = sequence_ids(latent_h, latent_w, switches, inputs.ref_latent is not None, device=device)
     branches = [(inputs.cond, inputs.cond_mask), (inputs.uncond, inputs.uncond_mask)]
     if plan.cfg_degree == 2:
         branches = [branches[plan.cfg_rank]]
@@ -128,7 +129,6 @@ def sample_parallel(
     tokens = [x.to(compute_dtype).repeat(len(branches), 1, 1)]
     if inputs.ref_latent is not None:
         tokens.append(pack_latent(inputs.ref_latent).to(device=device, dtype=compute_dtype).repeat(len(branches), 1, 1))
-        ids = torch.cat((ids, image_ids(latent_h, latent_w, ref_id_offset, device=device)))
     model_input = torch.cat(tokens, dim=1)
     sizes = shard_sizes(ids.shape[0], plan.sp_degree)
     start = sum(sizes[: plan.sp_rank])

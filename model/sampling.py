@@ -14,6 +14,8 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
+from .params import VersionSwitches
+
 LATENT_CHANNELS = 16
 PATCH = 2  # 2×2 latent pixels per token (SPEC.md §6.4)
 VAE_DOWNSCALE = 8
@@ -69,6 +71,25 @@ def image_ids(latent_h: int, latent_w: int, offset: float = 0.0, device=None) ->
     ids[..., 1] += torch.arange(rows, dtype=torch.float32, device=device)[:, None]
     ids[..., 2] += torch.arange(cols, dtype=torch.float32, device=device)[None, :]
     return ids.reshape(rows * cols, 3)
+
+
+def reference_ids(latent_h: int, latent_w: int, switches: VersionSwitches, device=None) -> Tensor:
+    """Reference-token ids ``[N, 3]``: ``(o, r+o, c+o)`` (v1.0/v1.1, SPEC.md §12.1 #3) or ``(o, r, c)``
+    (v1.2, V12.md §4), with ``o = switches.ref_id_offset``."""
+    if switches.ref_id_offset_spatial:
+        return image_ids(latent_h, latent_w, switches.ref_id_offset, device=device)
+    ids = image_ids(latent_h, latent_w, device=device)
+    ids[:, 0] = switches.ref_id_offset
+    return ids
+
+
+def sequence_ids(latent_h: int, latent_w: int, switches: VersionSwitches, with_reference: bool,
+                 device=None) -> Tensor:
+    """Ids of the DiT's image sequence ``[N or 2N, 3]``: noisy tokens, then reference tokens for an edit."""
+    ids = image_ids(latent_h, latent_w, device=device)
+    if not with_reference:
+        return ids
+    return torch.cat((ids, reference_ids(latent_h, latent_w, switches, device=device)))
 
 
 def schedule_shift(image_seq_len: int) -> float:
@@ -162,7 +183,7 @@ def sample(
     inputs: SamplingInputs,
     cfg: float,
     renorm_threshold: float,
-    ref_id_offset: float,
+    switches: VersionSwitches,
     compute_dtype: torch.dtype,
     device: torch.device,
     callback: StepCallback | None = None,
@@ -177,12 +198,11 @@ def sample(
     batch, _, latent_h, latent_w = inputs.noise.shape
     x = pack_latent(inputs.noise.to(device=device, dtype=torch.float32))
     n_noise = x.shape[1]
-    ids = image_ids(latent_h, latent_w, device=device)
+    ids = sequence_ids(latent_h, latent_w, switches, inputs.ref_latent is not None, device=device)
     buffer_parts = [x.repeat(2, 1, 1).to(compute_dtype)]
     if inputs.ref_latent is not None:
         ref = pack_latent(inputs.ref_latent).to(device=device, dtype=compute_dtype)
         buffer_parts.append(ref.repeat(2, 1, 1))
-        ids = torch.cat((ids, image_ids(latent_h, latent_w, ref_id_offset, device=device)))
     model_input = torch.cat(buffer_parts, dim=1)
     llm_embedding = torch.cat((inputs.cond, inputs.uncond)).to(device)
     mask = torch.cat((inputs.cond_mask, inputs.uncond_mask)).to(device)

@@ -204,6 +204,6 @@ def sample_batched(model, positive, negative, latent: torch.Tensor, is_edit: boo
     memory = tokens * batch * params.dit.hidden_size * ACTIVATION_ELEMENTS_PER_TOKEN_PER_HIDDEN * element_bytes
     mm.load_models_gpu([model], memory_required=memory)
     set_attention_backend(net.attention_backend)
-    result = run_compiled_or_eager(net, lambda: sample(net, inputs, cfg, threshold, params.switches.ref_id_offset,
+    result = run_compiled_or_eager(net, lambda: sample(net, inputs, cfg, threshold, params.switches,
                                                        net.compute_dtype, model.load_device, callback=callback))
     return latent_format.process_out(result).to(mm.intermediate_device())

@@ -107,7 +107,7 @@ def _sampling_case(fixture_set, model, filename):
         with torch.no_grad():
             final = sampling.sample(
                 model, inputs, cfg=entry["cfg_guidance"], renorm_threshold=entry["timesteps_truncate"],
-                ref_id_offset=model.params.switches.ref_id_offset, compute_dtype=torch.float32,
+                switches=model.params.switches, compute_dtype=torch.float32,
                 device=torch.device("cpu"),
             )
     finally:
@@ -196,10 +196,8 @@ def test_packing_ids_and_pixels(fixtures, filename):
         assert torch.equal(sampling.pack_latent(latent), t["packed"])
         assert torch.equal(sampling.unpack_latent(t["packed"], h, w), latent)
     n_ids = t["img_ids"].shape[1]
-    offset = VERSIONS[fixtures.version].ref_id_offset
-    ids = sampling.image_ids(h, w)
-    if n_ids == 2 * ids.shape[0]:
-        ids = torch.cat((ids, sampling.image_ids(h, w, offset)))
+    with_reference = n_ids == 2 * (h // 2) * (w // 2)
+    ids = sampling.sequence_ids(h, w, VERSIONS[fixtures.version], with_reference)
     assert torch.equal(ids[None], t["img_ids"])
     example = entry["pixel_example"]
     resample = "lanczos" if filename == "preprocess.safetensors" else "bicubic"

@@ -74,7 +74,7 @@ def _tiny_sampling_run():
     def run():
         with torch.no_grad():
             return sampling.sample(net, inputs, entry["cfg_guidance"], entry["timesteps_truncate"],
-                                   net.params.switches.ref_id_offset, torch.float32, torch.device("cpu"))
+                                   net.params.switches, torch.float32, torch.device("cpu"))
     return net, run
 
 

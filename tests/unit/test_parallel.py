@@ -10,6 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from model import sampling
+from model.params import VERSIONS
 from model.parallel import ParallelPlan, make_plan, sample_parallel, shard_sizes
 from tests.golden import assert_close, model_sets
 from tests.unit.test_model_parity import build_model, edit_loop_inputs
@@ -37,7 +38,7 @@ def _worker(rank: int, world: int, port: int, set_index: int, grid: tuple[int, i
         plan = make_plan(*grid)
         with torch.no_grad():
             latent = sample_parallel(model, inputs, entry["cfg_guidance"], entry["timesteps_truncate"],
-                                     model.params.switches.ref_id_offset, torch.float32, torch.device("cpu"), plan)
+                                     model.params.switches, torch.float32, torch.device("cpu"), plan)
         torch.save(latent, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -61,7 +62,7 @@ def test_parallel_sampler_matches_single_process(tmp_path, grid, set_index):
     world = grid[0] * grid[1]
     if heads % grid[1]:
         with pytest.raises(ValueError, match="head count"):
-            sample_parallel(build_model(fixtures), edit_loop_inputs(fixtures)[0], 1.0, 1.0, 0.0, torch.float32,
+            sample_parallel(build_model(fixtures), edit_loop_inputs(fixtures)[0], 1.0, 1.0, VERSIONS[fixtures.version], torch.float32,
                             torch.device("cpu"), ParallelPlan(grid[0], grid[1], 0, 0, None, None))
         return
     mp.spawn(_worker, args=(world, _free_port(), set_index, grid, str(tmp_path)), nprocs=world, join=True)
@@ -69,7 +70,7 @@ def test_parallel_sampler_matches_single_process(tmp_path, grid, set_index):
     model = build_model(fixtures)
     with torch.no_grad():
         single = sampling.sample(model, inputs, entry["cfg_guidance"], entry["timesteps_truncate"],
-                                 model.params.switches.ref_id_offset, torch.float32, torch.device("cpu"))
+                                 model.params.switches, torch.float32, torch.device("cpu"))
     atol, rtol = fixtures.tolerance("sampling.safetensors")
     expected = fixtures.tensors("sampling.safetensors")["final_latent"]
     for rank in range(world):

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from model import sampling
-from model.branch_sampling import BranchText, reference_ids, sample_per_branch
+from model.branch_sampling import BranchText, sample_per_branch
 from model.checkpoint import CheckpointError
 from model.key_map import group_official, official_to_diffusers
 from model.loader import inspect_checkpoint, load_step1x_dit
@@ -91,7 +91,7 @@ def test_sampling_loop_with_separate_branches(fixtures, model):
     timesteps = sampling.get_schedule(entry["num_steps"], n_noise)
     assert_close(timesteps, t["sigmas"], atol, rtol, "sigmas")
     assert sampling.schedule_shift(n_noise) == pytest.approx(entry["mu"], abs=1e-12)
-    ids = torch.cat((sampling.image_ids(latent_h, latent_w), reference_ids(latent_h, latent_w, model.params.switches)))
+    ids = sampling.sequence_ids(latent_h, latent_w, model.params.switches, with_reference=True)
     assert torch.equal(ids, t["img_ids"])
     inputs, predictions = [], []
     hooks = [model.img_in.register_forward_hook(lambda m, a, out: inputs.append(a[0].clone())),
