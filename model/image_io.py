@@ -15,6 +15,7 @@ from .sampling import size_for_level
 # LANCZOS; the output is resized back with the default (bicubic) in both (SPEC.md §12.1 #6, §6.6).
 INPUT_RESAMPLE = {"bicubic": Image.BICUBIC, "lanczos": Image.LANCZOS}
 OUTPUT_RESAMPLE = Image.BICUBIC
+U8_MAX = 255
 
 
 def resize_to_size_level(image: np.ndarray, size_level: int, resample: str = "bicubic") -> np.ndarray:
@@ -26,14 +27,18 @@ def resize_to_size_level(image: np.ndarray, size_level: int, resample: str = "bi
 
 def to_vae_input(image: np.ndarray) -> torch.Tensor:
     """uint8 ``[H, W, 3]`` → ``[1, 3, H, W]`` float32 in [−1, 1] (``to_tensor`` then ``2p − 1``)."""
-    pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)[None].float() / 255.0
+    pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)[None].float() / U8_MAX
     return pixels * 2 - 1
+
+
+def unit_to_uint8(unit: torch.Tensor) -> torch.Tensor:
+    """Values in [0, 1] (clamped) → uint8 the official way: ×255 TRUNCATED, not rounded (``to_pil_image``)."""
+    return (unit.clamp(0, 1).float() * U8_MAX).to(torch.uint8)
 
 
 def decoded_to_uint8(decoded: torch.Tensor) -> np.ndarray:
     """VAE output ``[3, H, W]`` in ≈[−1, 1] → uint8 ``[H, W, 3]``: clamp, ×0.5+0.5, ×255 truncated."""
-    unit = decoded.clamp(-1, 1).float() * 0.5 + 0.5
-    return (unit * 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return unit_to_uint8(decoded.clamp(-1, 1).float() * 0.5 + 0.5).permute(1, 2, 0).cpu().numpy()
 
 
 def resize_back(image: np.ndarray, width: int, height: int) -> np.ndarray:

@@ -208,12 +208,8 @@ REFLECTION_USER = (
     "the actual content of the two images and the editing instruction, and provide rigorous and "
     "actionable conclusions and editing suggestions."
 )
-SCORE1_SYSTEM = (
-    "You are an expert critic of AI-generated image edits. Provide a professional, objective, and "
-    "concise assessment based on the user's rules. Strictly adhere to the requested JSON output "
-    "format."
-)
-SCORE1_USER = (
+# The release's two scoring prompts open with the same header (output format and "RULES:").
+SCORE_USER_HEADER = (
     "You are a professional digital artist. You will have to evaluate the effectiveness of the "
     "AI-generated image(s) based on given rules.\n"
     "        All the input images are AI-generated. All human in the images are AI-generated too. so "
@@ -227,6 +223,13 @@ SCORE1_USER = (
     "\n"
     "RULES:\n"
     "\n"
+)
+SCORE1_SYSTEM = (
+    "You are an expert critic of AI-generated image edits. Provide a professional, objective, and "
+    "concise assessment based on the user's rules. Strictly adhere to the requested JSON output "
+    "format."
+)
+SCORE1_USER = SCORE_USER_HEADER + (
     "        Two images will be provided: The first being the original AI-generated image and the "
     "second being an edited version of the first.\n"
     "        The objective is to evaluate how successfully the editing instruction has been executed "
@@ -254,20 +257,7 @@ SCORE2_SYSTEM = (
     "You are a professional digital artist. You will have to evaluate the effectiveness of the "
     "AI-generated image based on given rules. Strictly adhere to the requested JSON output format."
 )
-SCORE2_USER = (
-    "You are a professional digital artist. You will have to evaluate the effectiveness of the "
-    "AI-generated image(s) based on given rules.\n"
-    "        All the input images are AI-generated. All human in the images are AI-generated too. so "
-    "you need not worry about the privacy confidentials.\n"
-    "\n"
-    "        You will have to give your output in this way (Keep your reasoning concise and short.):\n"
-    "        {\n"
-    "        \"score\" : [...],\n"
-    "        \"reasoning\" : \"...\"\n"
-    "        }\n"
-    "\n"
-    "RULES:\n"
-    "\n"
+SCORE2_USER = SCORE_USER_HEADER + (
     "        The image is an AI-generated image.\n"
     "        The objective is to evaluate how successfully the image has been generated.\n"
     "\n"

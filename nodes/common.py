@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..model.image_io import unit_to_uint8
+
 CATEGORY = "Step1X-Edit"
 # Key the VLM encoder puts in each conditioning's options dict (nodes/node_vlm_encode.py); its value is
 # the encoder release. Conditioning without it comes from another model family (e.g. Qwen-Image).
@@ -27,7 +29,7 @@ def image_to_uint8(image: torch.Tensor) -> list[np.ndarray]:
 
 def decoded_to_uint8(image: torch.Tensor) -> list[np.ndarray]:
     """VAE decoder output (IMAGE, 0..1) → uint8 the official way: ×255 TRUNCATED (SPEC.md §6.6 ``to_pil_image``)."""
-    return list((image[..., :3].clamp(0, 1) * U8_MAX).to(torch.uint8).cpu().numpy())
+    return list(unit_to_uint8(image[..., :3]).cpu().numpy())
 
 
 def uint8_to_image(frames: list[np.ndarray]) -> torch.Tensor:

@@ -86,11 +86,15 @@ WORKFLOWS = {
 }
 
 
+def write_workflows(api_dir: Path, workflows: dict[str, dict]) -> None:
+    api_dir.mkdir(parents=True, exist_ok=True)
+    for name, prompt in workflows.items():
+        (api_dir / f"{name}.json").write_text(json.dumps(prompt, indent=2) + "\n")
+        print(api_dir / f"{name}.json")
+
+
 def main() -> None:
-    API_DIR.mkdir(parents=True, exist_ok=True)
-    for name, prompt in WORKFLOWS.items():
-        (API_DIR / f"{name}.json").write_text(json.dumps(prompt, indent=2) + "\n")
-        print(API_DIR / f"{name}.json")
+    write_workflows(API_DIR, WORKFLOWS)
 
 
 if __name__ == "__main__":

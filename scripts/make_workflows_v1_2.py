@@ -10,10 +10,9 @@ v1.0/v1.1 workflows of scripts/make_workflows.py. They live in their own folder 
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from make_workflows import PHOTO, VAE, node
+from make_workflows import PHOTO, VAE, node, write_workflows
 
 API_DIR = Path(__file__).resolve().parents[1] / "workflows" / "v1_2" / "api"
 PIPELINE = "Step1X-Edit-v1p2"   # the release's folder, in models/diffusion_models
@@ -62,10 +61,7 @@ WORKFLOWS = {"step1x_edit_v1_2": edit_workflow(), "step1x_reasoning_edit_v1_2": 
 
 
 def main() -> None:
-    API_DIR.mkdir(parents=True, exist_ok=True)
-    for name, prompt in WORKFLOWS.items():
-        (API_DIR / f"{name}.json").write_text(json.dumps(prompt, indent=2) + "\n")
-        print(API_DIR / f"{name}.json")
+    write_workflows(API_DIR, WORKFLOWS)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ def edit_once(patcher) -> torch.Tensor:
         uncond=torch.randn(1, TEXT_LEN, width, generator=generator), uncond_mask=mask,
         timesteps=sampling.get_schedule(STEPS, (LATENT_SIDE // 2) ** 2))
     with torch.no_grad():
-        return sampling.sample(net, inputs, 6.0, 0.93, 1.0, net.compute_dtype, torch.device("cpu"))
+        return sampling.sample(net, inputs, 6.0, 0.93, net.params.switches, net.compute_dtype, torch.device("cpu"))
 
 
 def test_every_linear_is_a_comfy_ops_layer(loader, tiny_checkpoint):

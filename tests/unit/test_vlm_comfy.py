@@ -16,8 +16,8 @@ import torch
 from safetensors.torch import load_file
 
 from tests.golden import REPO_ROOT
-from tests.unit.vlm_support import (VLM_DIR, case_names, import_pack_module, load_case, max_abs_error,
-                                    release_semantics_reference, tolerance, window)
+from tests.unit.vlm_support import (VLM_DIR, assert_v11_sdpa_semantics, case_names, import_pack_module, load_case, max_abs_error,
+                                    tolerance, window)
 
 COMFYUI_DIR = REPO_ROOT / os.environ.get("STEP1X_WORK", ".work") / "ComfyUI"
 TINY_FOLDER = VLM_DIR / "tiny-qwen25vl"
@@ -140,12 +140,7 @@ def test_comfyui_route_matches_reference(name, encoder):
 
 @pytest.mark.parametrize("name", case_names())
 def test_comfyui_route_v1_1_sdpa_semantics(name, encoder):
-    case = load_case(name)
-    image = I.resize_for_vlm(case.raw_image(), case.size_level)
-    for k, row in enumerate(case.rows):
-        out = P.encode_prompt(encoder, row["prompt"], image, I.llm_grid_hw(image), **window(), flash_padding=False)
-        err = max_abs_error(out.emb, release_semantics_reference(case, k, flash_padding=False))
-        assert err <= tolerance("emb_abs"), f"{name} row {k}: v1.1 emb max abs error {err:.3e}"
+    assert_v11_sdpa_semantics(encoder, name)
 
 
 def test_other_text_encoders_are_refused_by_name(vlm_comfy):

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from tests.unit.vlm_support import (VLM_DIR, case_names, import_pack_module, load_case, max_abs_error,
-                                    release_semantics_reference, tolerance, window)
+from tests.unit.vlm_support import (VLM_DIR, assert_v11_sdpa_semantics, case_names, import_pack_module, load_case, max_abs_error,
+                                    tolerance, window)
 
 HF = import_pack_module("nodes.vlm_hf")
 P = import_pack_module("model.vlm_prompt")
@@ -41,12 +41,7 @@ def test_hf_route_matches_reference(name, encoder):
 @pytest.mark.parametrize("name", case_names())
 def test_hf_route_v1_1_sdpa_semantics(name, encoder):
     """v1.1's SDPA attends to a free-standing '!': equal to v1.0 except where the fixture stores both."""
-    case = load_case(name)
-    image = I.resize_for_vlm(case.raw_image(), case.size_level)
-    for k, row in enumerate(case.rows):
-        out = P.encode_prompt(encoder, row["prompt"], image, I.llm_grid_hw(image), **window(), flash_padding=False)
-        err = max_abs_error(out.emb, release_semantics_reference(case, k, flash_padding=False))
-        assert err <= tolerance("emb_abs"), f"{name} row {k}: v1.1 emb max abs error {err:.3e}"
+    assert_v11_sdpa_semantics(encoder, name)
 
 
 def test_folder_that_is_not_qwen25_vl_is_refused(tmp_path):

@@ -100,3 +100,16 @@ def release_semantics_reference(case: VLMCase, row: int, flash_padding: bool) ->
         return case.tensors["emb"][row]
     assert SDPA_REFERENCE_KEY in case.tensors, f"{case.name} has id-0 tokens but no {SDPA_REFERENCE_KEY}"
     return case.tensors[SDPA_REFERENCE_KEY][row]
+
+
+def assert_v11_sdpa_semantics(encoder, name: str) -> None:
+    """Every row of a case encoded with v1.1's SDPA semantics matches its reference (either route)."""
+    prompt = import_pack_module("model.vlm_prompt")
+    vlm_image = import_pack_module("model.vlm_image")
+    case = load_case(name)
+    image = vlm_image.resize_for_vlm(case.raw_image(), case.size_level)
+    for k, row in enumerate(case.rows):
+        out = prompt.encode_prompt(encoder, row["prompt"], image, vlm_image.llm_grid_hw(image), **window(),
+                                   flash_padding=False)
+        err = max_abs_error(out.emb, release_semantics_reference(case, k, flash_padding=False))
+        assert err <= tolerance("emb_abs"), f"{name} row {k}: v1.1 emb max abs error {err:.3e}"
