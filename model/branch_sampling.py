@@ -82,10 +82,11 @@ def sample_per_branch(
     def predict(x: Tensor, t: float) -> tuple[Tensor, Tensor]:
         model_input[:, :n_noise].copy_(x)
         t_batch.fill_(t)
+        img = model.img_in(model_input)  # the same image tokens for both branches: embed them once
         preds = []
         for (embedding, mask, text_embeds, text_mask), pe in zip(branches, pes):
             txt, vec = model.embed(t_batch, embedding, t_batch, mask, compute_dtype, text_embeds, text_mask)
-            preds.append(model.blocks(model.img_in(model_input), txt, vec, pe)[:, :n_noise].float())
+            preds.append(model.blocks(img, txt, vec, pe)[:, :n_noise].float())
         return preds[0], preds[1]
 
     x = denoise(predict, x, timesteps, cfg, renorm_threshold, callback)
