@@ -106,9 +106,10 @@ def test_sampling_loop_with_separate_branches(fixtures, model):
         for hook in hooks:
             hook.remove()
     assert len(predictions) == 2 * entry["num_steps"]
+    assert len(inputs) == entry["num_steps"]  # the image tokens are embedded once per step for both branches
     for step in range(entry["num_steps"]):
         pred_cond, pred_uncond = predictions[2 * step], predictions[2 * step + 1]
-        assert_close(inputs[2 * step], t[f"step{step}_img"], atol, rtol, f"step {step} model input")
+        assert_close(inputs[step], t[f"step{step}_img"], atol, rtol, f"step {step} model input")
         assert_close(pred_cond, t[f"step{step}_pred_cond"], atol, rtol, f"step {step} cond prediction")
         assert_close(pred_uncond, t[f"step{step}_pred_uncond"], atol, rtol, f"step {step} uncond prediction")
         norm = torch.linalg.vector_norm(pred_cond - pred_uncond, dim=-1, keepdim=True)
