@@ -1,10 +1,12 @@
-"""What the pack's nodes share: category, the conditioning marker, LATENT keys, image conversions."""
+"""What the pack's nodes share: category, the conditioning marker, LATENT keys, the cfg_renorm choices,
+image conversions."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 
 from ..model.image_io import unit_to_uint8
+from ..model.params import RENORM_EVERY_STEP, RENORM_NEVER, RENORM_OFFICIAL, Step1XParams
 
 CATEGORY = "Step1X-Edit"
 # Key the VLM encoder puts in each conditioning's options dict (nodes/node_vlm_encode.py); its value is
@@ -20,6 +22,24 @@ DEFAULT_RELEASE = "v1.1"
 FLUX_LATENT_CHANNELS = 16
 FLUX_VAE_DOWNSCALE = 8
 U8_MAX = 255
+# cfg_renorm, the norm-rescaled CFG threshold (SPEC.md §12.2, V12.md §6.2) of Step1X Sampler and Step1X
+# Reasoning Edit: guidance is renormalised on the steps with t > threshold. 1.0 is off (the v1.0
+# pipeline), 0.93 the official v1.1 rule, 0.00093 every step (the v1.2 release); "model default" (None)
+# follows the loaded file's release. Workflows store the labels, so a renamed label breaks them.
+RENORM_MODEL_DEFAULT = "model default"
+RENORM_V12_RELEASE = "every step (v1.2 release)"
+RENORM_CHOICES = {RENORM_MODEL_DEFAULT: None, "1.0 (off, v1.0)": RENORM_NEVER, "0.93 (v1.1)": RENORM_OFFICIAL,
+                  RENORM_V12_RELEASE: RENORM_EVERY_STEP}
+RENORM_TOOLTIP = (f"Norm-rescaled CFG on the steps with t > threshold. 1.0 (off, v1.0): t > {RENORM_NEVER:g}, no "
+                  f"step; 0.93 (v1.1): t > {RENORM_OFFICIAL:g}, steps 0-3 of 28 at 512² (0-5 at 1024²); every step "
+                  f"(v1.2 release): t > {RENORM_EVERY_STEP:g}, all steps. model default: 1.0 for v1.0 files, 0.93 "
+                  "for v1.1, every step for v1.2.")
+
+
+def renorm_threshold(choice: str, params: Step1XParams) -> float:
+    """The threshold of a cfg_renorm label; "model default" gives the loaded release's (``params.switches``)."""
+    threshold = RENORM_CHOICES[choice]
+    return params.switches.renorm_threshold if threshold is None else threshold
 
 
 def image_to_uint8(image: torch.Tensor) -> list[np.ndarray]:

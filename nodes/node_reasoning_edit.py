@@ -13,13 +13,13 @@ from comfy_api.latest import io
 
 from ..model.thinker import MAX_ATTEMPTS, MalformedAnswer, Thinker, describe, reasoning_edit
 from ..model.vlm_image import image_tensor_to_pil
-from .common import CATEGORY, uint8_to_image
+from .common import CATEGORY, RENORM_CHOICES, RENORM_TOOLTIP, RENORM_V12_RELEASE, renorm_threshold, uint8_to_image
 from .node_latent import check_flux_vae
 from .dit_runtime import step_callback
 from .node_sampler import DEFAULT_CFG, DEFAULT_SEED, DEFAULT_STEPS, MAX_STEPS
 from .node_v12 import V12_SIZE_LEVEL, Step1XVLM
 from .node_vlm_encode import MAX_SIZE_LEVEL, MIN_SIZE_LEVEL, SIZE_LEVEL_STEP
-from .v12_runtime import RENORM_CHOICES, V12VLM, SeededVLM, V12Editor, check_v12_model, renorm_threshold
+from .v12_runtime import V12VLM, SeededVLM, V12Editor, check_v12_model
 
 DEFAULT_TRIES = 3  # release max_try_cnt
 MAX_TRIES = 10
@@ -50,8 +50,8 @@ class Step1XReasoningEdit(io.ComfyNode):
                 io.Int.Input("steps", default=DEFAULT_STEPS, min=1, max=MAX_STEPS, tooltip="Per try; release 28."),
                 io.Float.Input("cfg", default=DEFAULT_CFG, min=0.0, max=100.0, step=0.1, round=0.01,
                                tooltip="true_cfg_scale; release 6.0."),
-                io.Combo.Input("cfg_renorm", options=list(RENORM_CHOICES), default=next(iter(RENORM_CHOICES)),
-                               tooltip="release: renormalised guidance on every step; official: only t > 0.93."),
+                io.Combo.Input("cfg_renorm", options=list(RENORM_CHOICES), default=RENORM_V12_RELEASE,
+                               tooltip=RENORM_TOOLTIP),
                 io.Int.Input("max_tries", default=DEFAULT_TRIES, min=1, max=MAX_TRIES,
                              tooltip="Most edits (release: 3). The loop stops early on <#Success>."),
                 io.Boolean.Input("thinking", default=False,
@@ -77,7 +77,8 @@ class Step1XReasoningEdit(io.ComfyNode):
                 reflection: bool, vlm_attempts: int = MAX_ATTEMPTS) -> io.NodeOutput:
         check_v12_model(model)
         check_flux_vae(vae)
-        editor = V12Editor(model, vlm, vae, size_level, seed, steps, cfg, renorm_threshold(model, cfg_renorm),
+        threshold = renorm_threshold(cfg_renorm, model.model.params)
+        editor = V12Editor(model, vlm, vae, size_level, seed, steps, cfg, threshold,
                            lambda h, w: step_callback(model, steps, h, w))
         thinker = Thinker(SeededVLM(vlm, seed), max_attempts=vlm_attempts)
         try:

@@ -15,9 +15,9 @@ import torch
 from comfy_api.latest import io
 
 from ..model.attention import set_attention_backend
-from ..model.params import RENORM_EVERY_STEP, RENORM_NEVER, RENORM_OFFICIAL
 from ..model.sampling import PIXELS_PER_TOKEN, SamplingInputs, get_schedule, make_noise, sample
-from .common import CATEGORY, CONDITIONING_MARKER, FLUX_LATENT_CHANNELS, ORIGINAL_SIZE_KEY
+from .common import (CATEGORY, CONDITIONING_MARKER, FLUX_LATENT_CHANNELS, ORIGINAL_SIZE_KEY, RENORM_CHOICES,
+                     RENORM_MODEL_DEFAULT, RENORM_TOOLTIP, renorm_threshold)
 from .dit_runtime import ACTIVATION_ELEMENTS_PER_TOKEN_PER_HIDDEN, run_compiled_or_eager, step_callback
 from .node_loader import is_step1x_model
 from .v12_runtime import V12_RELEASE, branch_from_conditioning, sample_v12
@@ -29,11 +29,6 @@ DEFAULT_STEPS = 28     # official default
 DEFAULT_CFG = 6.0      # official default
 MAX_STEPS = 1000
 CFG_MIN, CFG_MAX = 0.0, 100.0
-# Norm-rescaled CFG threshold (SPEC.md §12.2, V12.md §6.2): guidance is renormalised on steps with
-# t > threshold. Off is the v1.0 pipeline, 0.93 the v1.1 one, every step the v1.2 release;
-# "model default" follows the loaded file's release.
-RENORM_CHOICES = {"model default": None, "1.0 (off, v1.0)": RENORM_NEVER, "0.93 (v1.1)": RENORM_OFFICIAL,
-                  "every step (v1.2 release)": RENORM_EVERY_STEP}
 
 
 def split_conditioning(conditioning, role: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,10 +107,8 @@ class Step1XSampler(io.ComfyNode):
                                      "on an H100)."),
                 io.Float.Input("cfg", default=DEFAULT_CFG, min=CFG_MIN, max=CFG_MAX, step=0.1, round=0.01,
                                tooltip="Guidance scale. Official: 6.0. 1.0 still runs the negative row (no speed-up)."),
-                io.Combo.Input("cfg_renorm", options=list(RENORM_CHOICES), default="model default",
-                               tooltip="Norm-rescaled CFG on the steps with t > threshold. model default: off for "
-                                       "v1.0 files, 0.93 for v1.1 files (steps 0-3 of 28 at 512²), every step for "
-                                       "v1.2 (what its release does)."),
+                io.Combo.Input("cfg_renorm", options=list(RENORM_CHOICES), default=RENORM_MODEL_DEFAULT,
+                               tooltip=RENORM_TOOLTIP),
                 io.Boolean.Input("shift_schedule", default=True,
                                  tooltip="Resolution-dependent timestep shift (official: on; μ = 0.63 at 512², "
                                          "1.15 at 1024²)."),
@@ -145,9 +138,7 @@ class Step1XSampler(io.ComfyNode):
         params = model.model.params
         latent = (ref_latent if ref_latent is not None else empty_latent)["samples"]
         check_latent(latent, "reference" if ref_latent is not None else "empty")
-        threshold = RENORM_CHOICES[cfg_renorm]
-        if threshold is None:
-            threshold = params.switches.renorm_threshold
+        threshold = renorm_threshold(cfg_renorm, params)
         callback = step_callback(model, steps, *latent.shape[2:])
         if is_v12_conditioning(positive):
             if ref_latent is None:

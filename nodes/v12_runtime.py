@@ -21,7 +21,6 @@ from torch.nn import functional as F
 from ..model.attention import set_attention_backend
 from ..model.branch_sampling import BranchText, sample_per_branch
 from ..model.checkpoint_folder import INDEX_SUFFIX, TRANSFORMER_SUBFOLDER
-from ..model.params import RENORM_OFFICIAL
 from ..model.sampling import LATENT_CHANNELS, get_schedule, size_for_level
 from ..model.vlm_v12_encode import V12Encoding, encode_v12, vlm_source_image
 from .common import CONDITIONING_MARKER, U8_MAX
@@ -30,8 +29,6 @@ from .vlm_v12_hf import HFQwen25VLV12, V12TextEncoderFolders
 
 V12_RELEASE = "v1.2"  # the conditioning marker's value for v1.2 encodings
 TXT_IDS_KEY, TEXT_EMBEDS_KEY, TEXT_MASK_KEY = "txt_ids", "text_embeds", "text_mask"
-# cfg_renorm choices: what the release does (σ·1000 > 0.93: every step) or the official v1.1 rule.
-RENORM_CHOICES = {"release (every step)": None, f"official (t > {RENORM_OFFICIAL})": RENORM_OFFICIAL}
 CFG_BRANCHES = 2  # node_sampler's activation estimate is for the CFG batch of 2; v1.2 runs one branch at a time
 
 _vlm_patchers: dict[tuple[str, torch.dtype], comfy.model_patcher.ModelPatcher] = {}
@@ -97,11 +94,6 @@ def check_v12_model(model) -> None:
         version = getattr(getattr(net, "params", None), "version", "not Step1X-Edit")
         raise ValueError(f"this MODEL is {version}; v1.2 conditioning needs the Step1X-Edit v1.2 DiT "
                          "('Load Step1X-Edit v1.2' or a v1.2 diffusers file in 'Load Step1X Model').")
-
-
-def renorm_threshold(model, choice: str) -> float:
-    threshold = RENORM_CHOICES[choice]
-    return model.model.params.switches.renorm_threshold if threshold is None else threshold
 
 
 def sample_v12(model, cond: BranchText, uncond: BranchText, ref_latent: torch.Tensor | None, noise: torch.Tensor,

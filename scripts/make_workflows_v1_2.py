@@ -18,7 +18,7 @@ API_DIR = Path(__file__).resolve().parents[1] / "workflows" / "v1_2" / "api"
 PIPELINE = "Step1X-Edit-v1p2"   # the release's folder, in models/diffusion_models
 INSTRUCTION = 'Put a small wooden sign saying "HELLO" next to the cat'
 SIZE_LEVEL = 1024               # the v1.2 pipeline's default
-RENORM = "release (every step)"
+RENORM = "every step (v1.2 release)"
 
 
 def loader() -> dict:

@@ -1,12 +1,20 @@
-"""Step1X Sampler's input checks: conditioning family, batch sizes, cfg, latent shape."""
+"""Step1X Sampler's input checks: conditioning family, batch sizes, cfg, latent shape; the cfg_renorm
+choices it shares with Step1X Reasoning Edit."""
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import torch
 
+from tests.golden import REPO_ROOT
 from tests.unit.comfy_support import import_node_module
+
+RENORM_LABELS = ["model default", "1.0 (off, v1.0)", "0.93 (v1.1)", "every step (v1.2 release)"]
+RENORM_NODES = ("Step1XSampler", "Step1XReasoningEdit")
+SHIPPED_WORKFLOWS = sorted([*(REPO_ROOT / "workflows").rglob("*.json"),
+                            *(REPO_ROOT / "example_workflows").glob("*.json")])
 
 
 @pytest.fixture(scope="module")
@@ -118,3 +126,40 @@ def test_release_mismatch_is_logged(sampler, caplog):
     caplog.clear()
     sampler.warn_on_release_mismatch(step1x_conditioning(1), "v1.0")
     assert caplog.text == ""
+
+
+def cfg_renorm_input(node):
+    (renorm,) = [spec for spec in node.define_schema().inputs if spec.id == "cfg_renorm"]
+    return renorm
+
+
+def test_sampler_and_reasoning_edit_offer_the_same_renorm_choices(sampler):
+    reasoning = import_node_module("nodes.node_reasoning_edit")
+    sampler_renorm = cfg_renorm_input(sampler.Step1XSampler)
+    reasoning_renorm = cfg_renorm_input(reasoning.Step1XReasoningEdit)
+    assert sampler_renorm.options == reasoning_renorm.options == RENORM_LABELS
+    assert sampler_renorm.default == "model default"
+    assert reasoning_renorm.default == "every step (v1.2 release)"
+    assert sampler_renorm.tooltip == reasoning_renorm.tooltip
+    for threshold in ("t > 1,", "t > 0.93,", "t > 0.00093,"):
+        assert threshold in sampler_renorm.tooltip
+
+
+@pytest.mark.parametrize("version, model_default", [("v1.0", 1.0), ("v1.1", 0.93), ("v1.2", 0.00093)])
+def test_renorm_labels_resolve_to_their_thresholds(version, model_default):
+    common = import_node_module("nodes.common")
+    params = import_node_module("model.params").Step1XParams(version=version)
+    resolved = [common.renorm_threshold(label, params) for label in RENORM_LABELS]
+    assert resolved == pytest.approx([model_default, 1.0, 0.93, 0.00093], rel=1e-12, abs=0)
+
+
+@pytest.mark.parametrize("path", SHIPPED_WORKFLOWS, ids=lambda path: str(path.relative_to(REPO_ROOT)))
+def test_shipped_workflows_use_the_renorm_labels(path):
+    workflow = json.loads(path.read_text())
+    if "nodes" in workflow:   # UI format: widget values by position, the renorm label among them
+        renorm_values = [[value for value in node["widgets_values"] if value in RENORM_LABELS]
+                         for node in workflow["nodes"] if node["type"] in RENORM_NODES]
+        assert renorm_values and all(len(values) == 1 for values in renorm_values), renorm_values
+    else:
+        labels = [node["inputs"]["cfg_renorm"] for node in workflow.values() if node["class_type"] in RENORM_NODES]
+        assert labels and all(label in RENORM_LABELS for label in labels), labels
