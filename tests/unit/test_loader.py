@@ -8,9 +8,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from model.checkpoint import CheckpointError, quantize_fp8
-from model.key_map import group_official
+from model.key_map import group_official, official_to_diffusers
 from model.loader import inspect_checkpoint, load_step1x_dit
 from tests.golden import model_sets
+from tests.unit.shard_files import write_shards
 
 SETS = {s.version: s for s in model_sets()}
 V10, V11 = SETS["v1.0"], SETS["v1.1"]
@@ -111,6 +112,14 @@ def test_diffusers_layout_maps_onto_official_keys(tmp_path):
     assert info.layout.layout == "diffusers"
     assert_same_weights(model, state)
 
+
+def test_v11_in_diffusers_shards_loads_as_v11(tmp_path):
+    """v1.1 weights written in the diffusers layout (sharded) load as v1.1, every tensor intact."""
+    state = tiny_state(V11)
+    write_shards(tmp_path / "transformer", official_to_diffusers(state), count=3)
+    model, info = load(tmp_path, V11)
+    assert info.params.version == "v1.1" and info.layout.layout == "diffusers" and model.text_token_mapping is None
+    assert_same_weights(model, state)
 
 @pytest.mark.parametrize("with_scales,fp8_bias", [(True, False), (False, False), (True, True)])
 def test_fp8_files_are_dequantised(tmp_path, with_scales, fp8_bias):

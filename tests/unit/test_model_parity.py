@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from model import image_io, sampling
+from model.branch_sampling import BranchText, sample_per_branch
 from model.dit import Step1XEdit
 from model.loader import load_step1x_dit
 from model.params import VERSIONS, detect_params
@@ -127,6 +128,33 @@ def _sampling_case(fixture_set, model, filename):
 def test_edit_sampling_loop(fixture_set, model):
     _sampling_case(fixture_set, model, "sampling.safetensors")
 
+
+def test_per_branch_loop_reproduces_the_batched_v11_loop():
+    """Two batch-1 calls per step give the batched loop's result within tolerance (v1.1 fixtures)."""
+    fixtures = {s.version: s for s in SETS}["v1.1"]
+    entry = fixtures.entry("sampling.safetensors")
+    t = fixtures.tensors("sampling.safetensors")
+    atol, rtol = fixtures.tolerance("sampling.safetensors")
+    latent_h, latent_w = t["noise"].shape[2:]
+    timesteps = sampling.get_schedule(entry["num_steps"], (latent_h // 2) * (latent_w // 2))
+    zeros = torch.zeros(t["llm_embedding"].shape[1], 3)
+    cond = BranchText(t["llm_embedding"][:1], t["mask"][:1], zeros)
+    uncond = BranchText(t["llm_embedding"][1:], t["mask"][1:], zeros)
+    with torch.no_grad():
+        final = sample_per_branch(build_model(fixtures), t["noise"], t["ref_latent"], cond, uncond, timesteps,
+                                  entry["cfg_guidance"], entry["timesteps_truncate"], torch.float32,
+                                  torch.device("cpu"))
+    assert_close(final, t["final_latent"], atol, rtol, "per-branch v1.1 final latent")
+
+
+def test_renorm_defaults_follow_each_release():
+    """v1.2 renormalises every step of a 28-step 1024² edit (the fork's σ·1000 > 0.93); the official
+    v1.1 rule (σ > 0.93) only the first ones; v1.0 never (V12.md §6.2, SPEC.md §12.2)."""
+    times = sampling.get_schedule(28, 4096)[:-1]
+    renormalised = {v: int((times > s.renorm_threshold).sum()) for v, s in VERSIONS.items()}
+    assert renormalised["v1.2"] == 28
+    assert 0 < renormalised["v1.1"] < 28
+    assert renormalised["v1.0"] == 0
 
 T2I_SETS = [s for s in SETS if s.has("t2i_sampling.safetensors")]
 

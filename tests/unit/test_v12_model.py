@@ -5,22 +5,19 @@ onto :class:`model.params.DiTParams` here.
 """
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from model import sampling
 from model.branch_sampling import BranchText, sample_per_branch
 from model.checkpoint import CheckpointError
 from model.key_map import group_official, official_to_diffusers
 from model.loader import inspect_checkpoint, load_step1x_dit
-from model.params import VERSIONS
-from tests.golden import assert_close, diffusers_sets, model_sets
+from tests.golden import assert_close, diffusers_sets
+from tests.unit.shard_files import INDEX_NAME, write_shards
 
 SETS = diffusers_sets()
-OFFICIAL = {s.version: s for s in model_sets()}
 pytestmark = pytest.mark.skipif(not SETS, reason="no diffusers-layout (v1.2) golden set")
 CPU = torch.device("cpu")
 
@@ -123,71 +120,16 @@ def test_sampling_loop_with_separate_branches(fixtures, model):
     assert_close(final, t["final_latent"], atol, rtol, "final latent")
 
 
-def test_renorm_defaults_follow_each_release():
-    """v1.2 renormalises every step of a 28-step 1024² edit (the fork's σ·1000 > 0.93); the official
-    v1.1 rule (σ > 0.93) only the first ones; v1.0 never (V12.md §6.2, SPEC.md §12.2)."""
-    times = sampling.get_schedule(28, 4096)[:-1]
-    renormalised = {v: int((times > s.renorm_threshold).sum()) for v, s in VERSIONS.items()}
-    assert renormalised["v1.2"] == 28
-    assert 0 < renormalised["v1.1"] < 28
-    assert renormalised["v1.0"] == 0
-
-
-def test_per_branch_loop_reproduces_the_batched_v11_loop():
-    """Two batch-1 calls per step give the batched loop's result within tolerance (v1.1 fixtures)."""
-    fixtures = OFFICIAL["v1.1"]
-    entry = fixtures.entry("sampling.safetensors")
-    t = fixtures.tensors("sampling.safetensors")
-    atol, rtol = fixtures.tolerance("sampling.safetensors")
-    cfg = fixtures.manifest["config"]
-    net, _ = load_step1x_dit(str(fixtures.folder / "tiny_model.safetensors"), dtype=torch.float32,
-                             connector_heads=cfg["connector"]["heads_num"], axes_dim=cfg["dit"]["axes_dim"])
-    latent_h, latent_w = t["noise"].shape[2:]
-    timesteps = sampling.get_schedule(entry["num_steps"], (latent_h // 2) * (latent_w // 2))
-    zeros = torch.zeros(t["llm_embedding"].shape[1], 3)
-    cond = BranchText(t["llm_embedding"][:1], t["mask"][:1], zeros)
-    uncond = BranchText(t["llm_embedding"][1:], t["mask"][1:], zeros)
-    with torch.no_grad():
-        final = sample_per_branch(net.eval(), t["noise"], t["ref_latent"], cond, uncond, timesteps,
-                                  entry["cfg_guidance"], entry["timesteps_truncate"], torch.float32, CPU)
-    assert_close(final, t["final_latent"], atol, rtol, "per-branch v1.1 final latent")
-
-
-def _write_shards(folder, state: dict[str, torch.Tensor], count: int = 2) -> None:
-    folder.mkdir(parents=True)
-    keys = sorted(state)
-    weight_map = {}
-    for index in range(count):
-        name = f"diffusion_pytorch_model-{index + 1:05d}-of-{count:05d}.safetensors"
-        part = keys[index::count]
-        save_file({k: state[k].contiguous() for k in part}, str(folder / name))
-        weight_map.update(dict.fromkeys(part, name))
-    index_file = folder / "diffusion_pytorch_model.safetensors.index.json"
-    index_file.write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-
-
 def test_sharded_transformer_folder_loads_like_the_single_file(fixtures, model, tmp_path):
     state = load_file(str(fixtures.folder / "tiny_model.safetensors"))
-    _write_shards(tmp_path / "Step1X-Edit-v1p2" / "transformer", state)
+    write_shards(tmp_path / "Step1X-Edit-v1p2" / "transformer", state)
     for path in (tmp_path / "Step1X-Edit-v1p2", tmp_path / "Step1X-Edit-v1p2" / "transformer",
-                 tmp_path / "Step1X-Edit-v1p2" / "transformer" / "diffusion_pytorch_model.safetensors.index.json"):
+                 tmp_path / "Step1X-Edit-v1p2" / "transformer" / INDEX_NAME):
         sharded, info = load_step1x_dit(str(path), **loader_kwargs(fixtures))
         assert info.params.version == fixtures.version and info.layout.layout == "diffusers"
         assert len(set(info.file_of.values())) == 2
         for key, value in model.state_dict().items():
             assert torch.equal(sharded.state_dict()[key], value), key
-
-
-def test_v11_in_diffusers_shards_loads_as_v11(tmp_path):
-    """v1.1 weights written in the diffusers layout (sharded) load as v1.1, every tensor intact."""
-    v11 = load_file(str(OFFICIAL["v1.1"].folder / "tiny_model.safetensors"))
-    _write_shards(tmp_path / "transformer", official_to_diffusers(v11), count=3)
-    cfg = OFFICIAL["v1.1"].manifest["config"]
-    net, info = load_step1x_dit(str(tmp_path), dtype=torch.float32, connector_heads=cfg["connector"]["heads_num"],
-                                axes_dim=cfg["dit"]["axes_dim"])
-    assert info.params.version == "v1.1" and info.layout.layout == "diffusers" and net.text_token_mapping is None
-    for key, value in v11.items():
-        assert torch.equal(net.state_dict()[key], value), key
 
 
 def test_key_map_round_trip_is_exact(fixtures):
@@ -204,7 +146,7 @@ def test_key_map_round_trip_is_exact(fixtures):
 def test_incomplete_shard_folder_names_the_missing_shard(fixtures, tmp_path):
     state = load_file(str(fixtures.folder / "tiny_model.safetensors"))
     folder = tmp_path / "transformer"
-    _write_shards(folder, state, count=2)
+    write_shards(folder, state, count=2)
     missing = sorted(folder.glob("*.safetensors"))[1]
     missing.unlink()
     with pytest.raises(CheckpointError, match=f"lacks 1 of its 2 shards.*{missing.name}"):
