@@ -145,8 +145,10 @@ def test_alpha_zero_means_no_scaling(linear_shapes, base, lora_sd):
 
 def test_underscore_names_resolve_against_real_paths():
     """``a_b.c`` and ``a.b_c`` both read ``lora_unet_a_b_c``: refuse rather than guess."""
-    with pytest.raises(ValueError, match="share the kohya name lora_unet_a_b_c"):
+    with pytest.raises(LoraError, match=r"a_b\.c\.weight and a\.b_c\.weight, share the kohya name lora_unet_a_b_c, "
+                                        r"so a LoRA file cannot say which of them it changes") as error:
         kohya_targets({"a_b.c": (2, 2), "a.b_c": (2, 2)})
+    assert "apply the LoRA to the model from 'Load Step1X Model'" in str(error.value)
 
 
 def test_text_encoder_part_is_reported_not_applied(linear_shapes, lora_sd):
