@@ -3,9 +3,10 @@
 The DiT is one file (official or diffusers key layout, any prefix) or a diffusers ``transformer/``
 folder of shards (:mod:`model.checkpoint_folder`). :func:`inspect_checkpoint` reads only the headers:
 layout, version (v1.0 / v1.1 / v1.2, from the keys), configuration, completeness.
-:func:`load_step1x_dit` then builds the model on the ``meta`` device and fills it with
+:func:`build_step1x_dit` then builds the model it describes on the ``meta`` device and fills it with
 ``load_state_dict(strict=True, assign=True)`` from tensors streamed out of the files and converted
 one at a time, so a 12B model never sits in RAM twice and nothing is left half-loaded.
+:func:`load_step1x_dit` does both.
 """
 from __future__ import annotations
 
@@ -171,6 +172,29 @@ def read_state_dict(
     return state
 
 
+def build_step1x_dit(
+    info: CheckpointInfo,
+    *,
+    dtype: torch.dtype = torch.bfloat16,
+    device: torch.device | str = "cpu",
+    operations=nn,
+    fp8_storage: bool = False,
+) -> Step1XEdit:
+    """Build and fill the DiT that ``info`` (from :func:`inspect_checkpoint`) describes, without reading the
+    headers again. ``operations`` must provide ``scale_weight`` on Linear when ``fp8_storage``."""
+    with torch.device("meta"):
+        model = Step1XEdit(info.params, dtype=dtype, operations=operations)
+    state = read_state_dict(info, dtype, _linear_weight_keys(model), fp8_storage)
+    result = model.load_state_dict(state, strict=True, assign=True)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(f"{info.name}: state dict mismatch {result}")
+    logger.info(
+        "loaded %s: Step1X-Edit %s, %s layout, %d tensors, stored %s", info.name, info.params.version,
+        info.layout.layout, len(info.sources), info.stored_dtype,
+    )
+    return model.to(device)
+
+
 def load_step1x_dit(
     path: str,
     *,
@@ -182,16 +206,6 @@ def load_step1x_dit(
     axes_dim=None,
     fp8_storage: bool = False,
 ) -> tuple[Step1XEdit, CheckpointInfo]:
-    """Build and fill the DiT. ``operations`` must provide ``scale_weight`` on Linear when ``fp8_storage``."""
+    """:func:`inspect_checkpoint` then :func:`build_step1x_dit`: the filled DiT and what its headers tell."""
     info = inspect_checkpoint(path, connector_heads, version, axes_dim)
-    with torch.device("meta"):
-        model = Step1XEdit(info.params, dtype=dtype, operations=operations)
-    state = read_state_dict(info, dtype, _linear_weight_keys(model), fp8_storage)
-    result = model.load_state_dict(state, strict=True, assign=True)
-    if result.missing_keys or result.unexpected_keys:
-        raise CheckpointError(f"{info.name}: state dict mismatch {result}")
-    logger.info(
-        "loaded %s: Step1X-Edit %s, %s layout, %d tensors, stored %s", info.name, info.params.version,
-        info.layout.layout, len(info.sources), info.stored_dtype,
-    )
-    return model.to(device), info
+    return build_step1x_dit(info, dtype=dtype, device=device, operations=operations, fp8_storage=fp8_storage), info

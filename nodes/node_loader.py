@@ -19,7 +19,7 @@ from comfy_api.latest import io
 from ..model.attention import BACKENDS
 from ..model.checkpoint import CheckpointError
 from ..model.dit import Step1XEdit
-from ..model.loader import inspect_checkpoint, load_step1x_dit
+from ..model.loader import build_step1x_dit, inspect_checkpoint
 from .common import CATEGORY
 
 MODEL_FOLDER = "diffusion_models"
@@ -61,8 +61,8 @@ def load_step1x_model(path: str, weight_dtype_choice: str, attention: str,
         operations = comfy.ops.scaled_fp8_ops(fp8_matrix_mult=fast, override_dtype=FP8)
     else:
         operations = comfy.ops.pick_operations(weight_dtype, compute_dtype, load_device=load_device)
-    net, info = load_step1x_dit(path, dtype=compute_dtype if fp8 else weight_dtype, device=offload_device,
-                                operations=operations, fp8_storage=fp8)
+    net = build_step1x_dit(info, dtype=compute_dtype if fp8 else weight_dtype, device=offload_device,
+                           operations=operations, fp8_storage=fp8)
     net.latent_format = comfy.latent_formats.Flux()   # previews (latent_preview) and process_in/out
     net.compute_dtype = compute_dtype
     net.attention_backend = attention

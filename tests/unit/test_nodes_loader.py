@@ -81,3 +81,18 @@ def test_fast_fp8_falls_back_to_the_fp8_result_without_fp8_matmul(loader, tiny_c
     fast_patcher = loader.load_step1x_model(tiny_checkpoint, "fp8_e4m3fn_fast", "auto")
     assert fast_patcher.model.double_blocks[0].img_attn.qkv.weight.dtype == torch.float8_e4m3fn
     torch.testing.assert_close(edit_once(fast_patcher), plain, rtol=0, atol=0)
+
+
+def test_checkpoint_headers_are_read_once(loader, tiny_checkpoint, monkeypatch):
+    model_loader = import_pack_module("model.loader")
+    read_headers = model_loader.read_headers
+    reads = []
+
+    def counted_read_headers(files):
+        reads.append(files.name)
+        return read_headers(files)
+
+    monkeypatch.setattr(model_loader, "read_headers", counted_read_headers)
+    patcher = loader.load_step1x_model(tiny_checkpoint, "default", "auto")
+    assert reads == ["step1x-edit-v1p1-official.safetensors"]
+    assert patcher.model.params.version == "v1.1"
