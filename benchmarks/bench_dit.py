@@ -120,7 +120,7 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
 def measure(model, inputs, mode: str, size: int, args, device, reference: dict) -> dict:
     """One (mode, size) row; the first mode's final latent is the reference for the later modes' error."""
     with torch.no_grad():
-        s_step = time_steps(model, inputs, warmup=3 if mode.endswith("compile") else 2, repeat=5, device=device)
+        s_step = time_steps(model, inputs, warmup=3 if "compile" in mode else 2, repeat=5, device=device)
         run = {"mode": mode, "size": size, "steps": args.steps, "cfg": True, "s_per_step": s_step,
                "s_per_edit": s_step * args.steps}
         if size == args.full_edit_size:
@@ -168,7 +168,9 @@ def matmul_ceilings(device) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 768, 1024])
-    parser.add_argument("--modes", nargs="+", default=["bf16", "bf16-compile", "fp8", "fp8-compile"])
+    parser.add_argument("--modes", nargs="+", default=["bf16-unfused", "bf16-compile", "fp8", "fp8-compile"],
+                        help="precision (bf16 | fp8), then optional -compile (regional torch.compile), -autotune "
+                             "(Inductor max-autotune, after -compile), -unfused (no fused GEMM epilogues)")
     parser.add_argument("--steps", type=int, default=28)
     parser.add_argument("--full-edit-size", type=int, default=1024, help="size at which the whole 28-step loop is timed")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
@@ -185,12 +187,20 @@ def main() -> None:
     model = random_model(device)
     params = model.params
     reference = {}
-    for block in [*model.double_blocks, *model.single_blocks]:
+    blocks = [*model.double_blocks, *model.single_blocks]
+    for block in blocks:
         block.compile()  # regional compilation; eager modes run under the "force_eager" stance
+    autotuned = False
     for mode in args.modes:
         if mode.startswith("fp8") and model.double_blocks[0].img_attn.qkv.weight.dtype != fp8.FP8:
             quantize_blocks(model)
-        torch.compiler.set_stance("default" if mode.endswith("compile") else "force_eager")
+        if "autotune" in mode and not autotuned:  # Triton GEMM templates with fused epilogues vs cuBLAS
+            torch._dynamo.reset()
+            for block in blocks:
+                block.compile(mode="max-autotune-no-cudagraphs")
+            autotuned = True
+        model.set_fused_epilogues(False if "unfused" in mode else None)
+        torch.compiler.set_stance("default" if "compile" in mode else "force_eager")
         for size in args.sizes:
             inputs = edit_inputs(size, args.steps, device, params)
             torch.cuda.reset_peak_memory_stats(device)

@@ -63,8 +63,8 @@ def dit_lowvram(budgets_gib: list[float], size: int, device, compiled: bool, wei
                 fp8_matmul: bool = False) -> list[dict]:
     """The DiT through ComfyUI's ModelPatcher: full load (budget 0) or partial loads of the given sizes.
 
-    ``weights`` "bf16" builds it with ``comfy.ops.manual_cast``; "fp8" with ``comfy.ops.scaled_fp8_ops``
-    (fp8 storage, one scale per tensor), which is what Load Step1X Model does for fp8.
+    ``weights`` "bf16" builds it with ``comfy.ops.pick_operations`` for bf16 weights and compute; "fp8" with
+    ``comfy.ops.scaled_fp8_ops`` (fp8 storage, one scale per tensor): what Load Step1X Model does.
     """
     import comfy.model_management as mm
     import comfy.model_patcher
@@ -72,7 +72,7 @@ def dit_lowvram(budgets_gib: list[float], size: int, device, compiled: bool, wei
 
     fp8 = weights == "fp8"
     operations = (comfy.ops.scaled_fp8_ops(fp8_matrix_mult=fp8_matmul, override_dtype=torch.float8_e4m3fn) if fp8
-                  else comfy.ops.manual_cast)
+                  else comfy.ops.pick_operations(torch.bfloat16, torch.bfloat16, load_device=device))
     with torch.device("meta"):
         model = Step1XEdit(FULL_SIZE["v1.1"], dtype=torch.bfloat16, operations=operations)
     model.to_empty(device="cpu")
@@ -108,6 +108,58 @@ def dit_lowvram(budgets_gib: list[float], size: int, device, compiled: bool, wei
     mm.unload_all_models()
     del model, patcher
     mm.soft_empty_cache()
+    return rows
+
+
+def quantized_copy(model: Step1XEdit, operations, device) -> Step1XEdit:
+    """The same network built with ComfyUI's scaled-fp8 ``operations``: every Linear weight becomes
+    ``W / s`` in e4m3 with ``s = max|W| / 448`` (one scale per tensor, as in scaled-fp8 checkpoints);
+    biases stay bf16 (``assign`` keeps the loaded dtype)."""
+    with torch.device("meta"):
+        fp8_model = Step1XEdit(model.params, dtype=torch.bfloat16, operations=operations)
+    state = model.state_dict()
+    for name, param in fp8_model.named_parameters():
+        if param.dtype == torch.float8_e4m3fn and name.endswith(".weight"):
+            weight = state[name].float()
+            scale = weight.abs().amax() / torch.finfo(torch.float8_e4m3fn).max
+            state[name] = (weight / scale).to(torch.float8_e4m3fn)
+            state[name.removesuffix("weight") + "scale_weight"] = scale
+    fp8_model.load_state_dict(state, assign=True)
+    return fp8_model.to(device).eval()
+
+
+def fp8_error(size: int, device) -> list[dict]:
+    """Final and one-step latent of ComfyUI's two fp8 paths against bf16 on the same seed and weights.
+
+    Reference: bf16 weights, eager, unfused (the reference maths). Rows: scaled fp8 storage with bf16
+    matmul (Load Step1X Model ``fp8_e4m3fn``) and fp8 matmul (``fp8_e4m3fn_fast``), both eager. Relative
+    L2 error of the latent; random weights, so the trajectory amplifies differences.
+    """
+    import comfy.ops
+
+    from benchmarks.bench_dit import full_edit, random_model, relative_error
+
+    model = random_model(device)
+    model.set_fused_epilogues(False)
+    inputs = edit_inputs(size, 28, device, model.params)
+    one = replace(inputs, timesteps=inputs.timesteps[:2])
+
+    def first_and_final(net) -> tuple[torch.Tensor, torch.Tensor, float]:
+        with torch.no_grad():
+            first = sample(net, one, 6.0, 0.93, net.params.switches, torch.bfloat16, device)
+            seconds, final = full_edit(net, inputs, device)
+        return first, final, seconds
+
+    ref_first, ref_final, ref_s = first_and_final(model)
+    rows = [{"mode": "bf16-eager-unfused", "size": size, "steps": 28, "s_per_edit_measured": ref_s}]
+    for label, fast in (("fp8-comfy-scaled", False), ("fp8-comfy-fp8-matmul", True)):
+        fp8_model = quantized_copy(model, comfy.ops.scaled_fp8_ops(fp8_matrix_mult=fast, override_dtype=torch.float8_e4m3fn), device)
+        first, final, seconds = first_and_final(fp8_model)
+        rows.append({"mode": label, "size": size, "steps": 28, "s_per_edit_measured": seconds,
+                     "rel_error_vs": "bf16-eager-unfused", "rel_first_step_error": relative_error(first, ref_first),
+                     "rel_latent_error": relative_error(final, ref_final)})
+        del fp8_model
+        torch.cuda.empty_cache()
     return rows
 
 
@@ -185,7 +237,8 @@ def main() -> None:
               "date": stamp, "runs": []}
     path = args.out / f"pipeline-{stamp}.json"
     parts = {"vlm": lambda: [vlm_costs(device)], "vae": lambda: [vae_costs(args.size, device)],
-             "dit": lambda: dit_lowvram(args.budgets, args.size, device, args.compile, args.weights, args.fp8_matmul)}
+             "dit": lambda: dit_lowvram(args.budgets, args.size, device, args.compile, args.weights, args.fp8_matmul),
+             "fp8-error": lambda: fp8_error(args.size, device)}
     for part in args.parts:
         try:
             rows = parts[part]()

@@ -51,6 +51,12 @@ class Step1XEdit(nn.Module):
             if params.switches.text_token_mapping else None
         )
 
+    def set_fused_epilogues(self, fuse: bool | None) -> None:
+        """Fused GEMM epilogues in every block: None = on CUDA (default), True / False = forced
+        (:class:`model.layers.FusedEpilogues`)."""
+        for block in [*self.double_blocks, *self.single_blocks]:
+            block.fuse_epilogues = fuse
+
     def embed(
         self, timesteps: Tensor, llm_embedding: Tensor, t_vec: Tensor, mask: Tensor, dtype: torch.dtype,
         text_embeds: Tensor | None = None, text_mask: Tensor | None = None,

@@ -38,6 +38,59 @@ def layer_norm_f32(x: Tensor) -> Tensor:
     return F.layer_norm(x.float(), (x.shape[-1],), eps=NORM_EPS)
 
 
+def uses_stored_weights(linear: nn.Module, x: Tensor) -> bool:
+    """True when ``linear(x)`` is exactly ``x·Wᵀ + b`` with the weight and bias as stored.
+
+    Not so when the weight is stored in another dtype (fp8) or on another device (offloaded), or when a
+    ComfyUI layer casts or patches at call time: ``comfy_cast_weights`` set, or a queued
+    ``weight_function`` / ``bias_function`` (the three conditions ``comfy/ops.py`` checks in ``forward``).
+    Then only the layer's own ``forward`` is right, and the fused paths below are not taken.
+    """
+    weight, bias = linear.weight, linear.bias
+    return (
+        bias is not None
+        and type(weight) in (Tensor, nn.Parameter)
+        and weight.dtype == bias.dtype == x.dtype
+        and weight.device == x.device
+        and not getattr(linear, "comfy_cast_weights", False)
+        and not getattr(linear, "weight_function", None)
+        and not getattr(linear, "bias_function", None)
+    )
+
+
+def linear_gelu_tanh(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """``GELU_tanh(x·Wᵀ + b)``, ``x [..., in]`` → ``[..., out]``.
+
+    On CUDA one GEMM whose cuBLASLt epilogue adds the bias and applies the tanh GELU before the one
+    rounding to ``x``'s dtype (``torch._addmm_activation``), so the MLP's widest tensor is written once
+    and never re-read by a separate GELU. Its CPU kernel applies the erf GELU, so elsewhere the two ops.
+    """
+    if not x.is_cuda:
+        return F.gelu(F.linear(x, weight, bias), approximate="tanh")
+    out = torch._addmm_activation(bias, x.reshape(-1, x.shape[-1]), weight.t(), use_gelu=True)
+    return out.view(*x.shape[:-1], weight.shape[0])
+
+
+class FusedEpilogues:
+    """Mixin: ``fuse_epilogues`` None (default) fuses on CUDA, True / False force it (tests, benchmarks).
+
+    The fused forms compute the same function with fewer passes over memory; in bf16 they round once
+    less (GELU applied before rounding), so results differ from the unfused forms at bf16 precision.
+    """
+
+    fuse_epilogues: bool | None = None
+
+    def _fuse(self, x: Tensor, *linears: nn.Module) -> bool:
+        wanted = x.is_cuda if self.fuse_epilogues is None else self.fuse_epilogues
+        return wanted and all(uses_stored_weights(linear, x) for linear in linears)
+
+    def _mlp(self, mlp: nn.Sequential, x: Tensor) -> Tensor:
+        """``Linear → GELU(tanh) → Linear`` with the first Linear's bias and GELU in its GEMM epilogue."""
+        if self._fuse(x, mlp[0]):
+            return mlp[2](linear_gelu_tanh(x, mlp[0].weight, mlp[0].bias))
+        return mlp(x)
+
+
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     """``(1 + scale) ⊙ LN(x) + shift`` in float32, cast back to the stream dtype for the next Linear."""
     return ((1 + scale.float()) * layer_norm_f32(x) + shift.float()).to(x.dtype)
@@ -113,7 +166,7 @@ def _mlp(hidden: int, mlp_hidden: int, dtype, device, operations) -> nn.Sequenti
     )
 
 
-class DoubleStreamBlock(nn.Module):
+class DoubleStreamBlock(FusedEpilogues, nn.Module):
     """Separate weights for the image and text streams, one joint attention (text first)."""
 
     def __init__(self, hidden: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, dtype=None, device=None, operations=nn):
@@ -139,13 +192,13 @@ class DoubleStreamBlock(nn.Module):
         txt_len = txt.shape[1]
         txt_attn, img_attn = joint[:, :txt_len], joint[:, txt_len:]
         img = img + img_gate1 * self.img_attn.proj(img_attn)
-        img = img + img_gate2 * self.img_mlp(modulate(img, img_shift2, img_scale2))
+        img = img + img_gate2 * self._mlp(self.img_mlp, modulate(img, img_shift2, img_scale2))
         txt = txt + txt_gate1 * self.txt_attn.proj(txt_attn)
-        txt = txt + txt_gate2 * self.txt_mlp(modulate(txt, txt_shift2, txt_scale2))
+        txt = txt + txt_gate2 * self._mlp(self.txt_mlp, modulate(txt, txt_shift2, txt_scale2))
         return img, txt
 
 
-class SingleStreamBlock(nn.Module):
+class SingleStreamBlock(FusedEpilogues, nn.Module):
     """One stream over ``[txt; img]``: ``linear1`` gives qkv and the MLP input in one matmul."""
 
     def __init__(self, hidden: int, num_heads: int, mlp_ratio: float, dtype=None, device=None, operations=nn):
@@ -161,10 +214,29 @@ class SingleStreamBlock(nn.Module):
 
     def forward(self, x: Tensor, vec: Tensor, pe: Tensor, attn=attention) -> Tensor:
         shift, scale, gate = self.modulation(vec)
-        qkv, mlp = torch.split(self.linear1(modulate(x, shift, scale)), [3 * self.hidden, self.mlp_hidden], dim=-1)
+        x_mod = modulate(x, shift, scale)
+        if self._fuse(x_mod, self.linear1, self.linear2):
+            return x + gate * self._fused_branches(x_mod, pe, attn)
+        qkv, mlp = torch.split(self.linear1(x_mod), [3 * self.hidden, self.mlp_hidden], dim=-1)
+        return x + gate * self.linear2(torch.cat((self._attention(qkv, pe, attn), self.mlp_act(mlp)), dim=2))
+
+    def _attention(self, qkv: Tensor, pe: Tensor, attn) -> Tensor:
         q, k, v = rearrange(qkv, "b s (k h d) -> k b h s d", k=3, h=self.num_heads)
         q, k = self.norm(q, k, v)
-        return x + gate * self.linear2(torch.cat((attn(q, k, v, pe), self.mlp_act(mlp)), dim=2))
+        return attn(q, k, v, pe)
+
+    def _fused_branches(self, x_mod: Tensor, pe: Tensor, attn) -> Tensor:
+        """``linear2([attention(qkv); GELU(mlp)])`` without materialising the concatenation.
+
+        ``linear1``'s rows split into the qkv GEMM (first 3·H rows) and the MLP GEMM with the GELU
+        epilogue (the rest); ``linear2``'s columns split the same way, the MLP product accumulated onto
+        the attention product (``addmm`` with β = 1). ``x_mod [B, S, H]`` → ``[B, S, H]``.
+        """
+        h = self.hidden
+        w1, b1, w2 = self.linear1.weight, self.linear1.bias, self.linear2.weight
+        mlp = linear_gelu_tanh(x_mod, w1[3 * h :], b1[3 * h :])
+        out = F.linear(self._attention(F.linear(x_mod, w1[: 3 * h], b1[: 3 * h]), pe, attn), w2[:, :h], self.linear2.bias)
+        return torch.addmm(out.flatten(0, 1), mlp.flatten(0, 1), w2[:, h:].t()).view_as(out)
 
 
 class LastLayer(nn.Module):
