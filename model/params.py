@@ -83,6 +83,11 @@ class VersionSwitches:
     text_token_mapping: the DiT adds a linear map of the VLM's input embeddings on quoted tokens to the
         connector output (V12.md §2); the encoder then also yields those embeddings, their quote mask
         and Qwen-derived text ids, with no padding, so cond and uncond have their own lengths (V12.md §3).
+    input_resize: the reference image's resize to the working size (model/image_io.py RESIZE_FILTERS):
+        PIL bicubic (v1.0), PIL LANCZOS (v1.1; SPEC.md §12.1 #6), torch bilinear with antialias on the
+        float image (v1.2; V12.md §4).
+    output_rounding: the decoded image's 8-bit conversion: ×255 truncated (v1.0, v1.1 ``to_pil_image``;
+        SPEC.md §6.6) or rounded (v1.2, diffusers ``VaeImageProcessor``).
     """
 
     connector_scale_factor: bool
@@ -91,12 +96,15 @@ class VersionSwitches:
     supports_text_to_image: bool
     ref_id_offset_spatial: bool = True
     text_token_mapping: bool = False
+    input_resize: str = "lanczos"
+    output_rounding: str = "truncate"
 
 
 VERSIONS: dict[str, VersionSwitches] = {
-    "v1.0": VersionSwitches(True, 0.0, RENORM_NEVER, False),
+    "v1.0": VersionSwitches(True, 0.0, RENORM_NEVER, False, input_resize="bicubic"),
     "v1.1": VersionSwitches(False, 1.0, RENORM_OFFICIAL, True),
-    "v1.2": VersionSwitches(False, 1.0, RENORM_EVERY_STEP, False, ref_id_offset_spatial=False, text_token_mapping=True),
+    "v1.2": VersionSwitches(False, 1.0, RENORM_EVERY_STEP, False, ref_id_offset_spatial=False, text_token_mapping=True,
+                            input_resize="bilinear-antialias", output_rounding="round"),
 }
 
 

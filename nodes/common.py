@@ -15,6 +15,10 @@ CONDITIONING_MARKER = "step1x_edit"
 # Extra LATENT key set by Pack Ref Latent: the (width, height) of the input image, so Unpack/Decode
 # can resize the edit back (SPEC.md §6.6). Core nodes ignore unknown LATENT keys.
 ORIGINAL_SIZE_KEY = "step1x_original_size"
+# Pack Ref Latent records the resize filter it used (the sampler warns when the model's release resizes
+# otherwise); Step1X Sampler records the release's 8-bit rounding for Unpack/Decode (model/params.py).
+RESIZE_FILTER_KEY = "step1x_resize_filter"
+OUTPUT_ROUNDING_KEY = "step1x_output_rounding"
 # The current official pipeline (v1.1 code, SPEC.md §12.1 #6, VLM.md §4): LANCZOS input resize and
 # SDPA in the VLM. Pack Ref Latent and VLM Encode share these defaults so both see the same image.
 DEFAULT_RESIZE_FILTER = "lanczos"
@@ -47,9 +51,10 @@ def image_to_uint8(image: torch.Tensor) -> list[np.ndarray]:
     return list((image[..., :3].clamp(0, 1) * U8_MAX).round().to(torch.uint8).cpu().numpy())
 
 
-def decoded_to_uint8(image: torch.Tensor) -> list[np.ndarray]:
-    """VAE decoder output (IMAGE, 0..1) → uint8 the official way: ×255 TRUNCATED (SPEC.md §6.6 ``to_pil_image``)."""
-    return list(unit_to_uint8(image[..., :3]).cpu().numpy())
+def decoded_to_uint8(image: torch.Tensor, rounding: str = "truncate") -> list[np.ndarray]:
+    """VAE decoder output (IMAGE, 0..1) → uint8 ×255, truncated (v1.0 / v1.1, SPEC.md §6.6 ``to_pil_image``)
+    or rounded (v1.2): the release's ``output_rounding``."""
+    return list(unit_to_uint8(image[..., :3], rounding).cpu().numpy())
 
 
 def uint8_to_image(frames: list[np.ndarray]) -> torch.Tensor:

@@ -7,13 +7,21 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..model.image_io import INPUT_RESAMPLE, resize_back, resize_to_size_level
+from ..model.image_io import (
+    BILINEAR_ANTIALIAS,
+    RESIZE_FILTERS,
+    resize_back,
+    resize_to_size_level,
+    resize_unit_to_size_level,
+)
 from .common import (
     CATEGORY,
     DEFAULT_RESIZE_FILTER,
     FLUX_LATENT_CHANNELS,
     FLUX_VAE_DOWNSCALE,
     ORIGINAL_SIZE_KEY,
+    OUTPUT_ROUNDING_KEY,
+    RESIZE_FILTER_KEY,
     decoded_to_uint8,
     image_to_uint8,
     uint8_to_image,
@@ -65,9 +73,10 @@ class Step1XPackRefLatent(io.ComfyNode):
                              tooltip="Working resolution: the image is resized to about size_level² pixels. "
                                      "Official: 512 (default), 768, 1024; 1024 is ~4× slower than 512. Use the same "
                                      "value in VLM Encode."),
-                io.Combo.Input("resize_filter", options=list(INPUT_RESAMPLE), default=DEFAULT_RESIZE_FILTER,
-                               tooltip="PIL filter for the input resize: the v1.1 pipeline uses lanczos, v1.0 "
-                                       "bicubic. Use the same filter in VLM Encode."),
+                io.Combo.Input("resize_filter", options=list(RESIZE_FILTERS), default=DEFAULT_RESIZE_FILTER,
+                               tooltip="Filter for the resize to the working size, as each release does it: v1.1 "
+                                       "lanczos (PIL), v1.0 bicubic (PIL), v1.2 bilinear-antialias (torch, on the "
+                                       "float image). v1.0/v1.1: use the same filter in VLM Encode."),
             ],
             outputs=[io.Latent.Output(display_name="ref_latent",
                                       tooltip="Raw FLUX latent [B, 16, h/8, w/8] that remembers the original size.")],
@@ -78,9 +87,13 @@ class Step1XPackRefLatent(io.ComfyNode):
         check_flux_vae(vae)
         height, width = image.shape[1], image.shape[2]
         check_image_size(width, height)
-        resized = [resize_to_size_level(frame, size_level, resize_filter) for frame in image_to_uint8(image)]
-        samples = vae.encode(uint8_to_image(resized))
-        return io.NodeOutput({"samples": samples, ORIGINAL_SIZE_KEY: (width, height)})
+        if resize_filter == BILINEAR_ANTIALIAS:
+            pixels = resize_unit_to_size_level(image[..., :3], size_level)
+        else:
+            pixels = uint8_to_image([resize_to_size_level(frame, size_level, resize_filter)
+                                     for frame in image_to_uint8(image)])
+        return io.NodeOutput({"samples": vae.encode(pixels), ORIGINAL_SIZE_KEY: (width, height),
+                              RESIZE_FILTER_KEY: resize_filter})
 
 
 class Step1XUnpackDecode(io.ComfyNode):
@@ -91,7 +104,8 @@ class Step1XUnpackDecode(io.ComfyNode):
             display_name="Unpack/Decode",
             category=CATEGORY,
             description="Decodes the edited latent with the FLUX VAE and resizes it back to the input image's size "
-                        "(8-bit, bicubic, as the official pipeline does).",
+                        "(8-bit, bicubic, as the official pipelines do: truncated to 8 bits for v1.0/v1.1, rounded "
+                        "for v1.2, as the sampler's model release says).",
             inputs=[
                 io.Latent.Input("samples", tooltip="The edited latent from Step1X Sampler."),
                 io.Vae.Input("vae", tooltip="The same FLUX VAE as in Pack Ref Latent."),
@@ -110,4 +124,5 @@ class Step1XUnpackDecode(io.ComfyNode):
         if output_size == "sampled" or original is None:
             return io.NodeOutput(decoded)
         width, height = original
-        return io.NodeOutput(uint8_to_image([resize_back(frame, width, height) for frame in decoded_to_uint8(decoded)]))
+        frames = decoded_to_uint8(decoded, samples.get(OUTPUT_ROUNDING_KEY, "truncate"))
+        return io.NodeOutput(uint8_to_image([resize_back(frame, width, height) for frame in frames]))

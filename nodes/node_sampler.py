@@ -16,8 +16,8 @@ from comfy_api.latest import io
 
 from ..model.attention import set_attention_backend
 from ..model.sampling import PIXELS_PER_TOKEN, SamplingInputs, get_schedule, make_noise, sample
-from .common import (CATEGORY, CONDITIONING_MARKER, FLUX_LATENT_CHANNELS, ORIGINAL_SIZE_KEY, RENORM_CHOICES,
-                     RENORM_MODEL_DEFAULT, RENORM_TOOLTIP, renorm_threshold)
+from .common import (CATEGORY, CONDITIONING_MARKER, FLUX_LATENT_CHANNELS, ORIGINAL_SIZE_KEY, OUTPUT_ROUNDING_KEY,
+                     RENORM_CHOICES, RENORM_MODEL_DEFAULT, RENORM_TOOLTIP, RESIZE_FILTER_KEY, renorm_threshold)
 from .dit_runtime import ACTIVATION_ELEMENTS_PER_TOKEN_PER_HIDDEN, run_compiled_or_eager, step_callback
 from .node_loader import is_step1x_model
 from .v12_runtime import V12_RELEASE, branch_from_conditioning, sample_v12
@@ -80,6 +80,14 @@ def warn_on_release_mismatch(conditioning, version: str) -> None:
                        release, version)
 
 
+def warn_on_resize_mismatch(ref_latent: dict, params) -> None:
+    used = ref_latent.get(RESIZE_FILTER_KEY)
+    if used is not None and used != params.switches.input_resize:
+        logger.warning("the reference latent was resized with %s but Step1X-Edit %s resizes with %s: set Pack Ref "
+                       "Latent's resize_filter to %s for the official result.", used, params.version,
+                       params.switches.input_resize, params.switches.input_resize)
+
+
 class Step1XSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -138,6 +146,8 @@ class Step1XSampler(io.ComfyNode):
         params = model.model.params
         latent = (ref_latent if ref_latent is not None else empty_latent)["samples"]
         check_latent(latent, "reference" if ref_latent is not None else "empty")
+        if ref_latent is not None:
+            warn_on_resize_mismatch(ref_latent, params)
         threshold = renorm_threshold(cfg_renorm, params)
         callback = step_callback(model, steps, *latent.shape[2:])
         if is_v12_conditioning(positive):
@@ -150,7 +160,7 @@ class Step1XSampler(io.ComfyNode):
         else:
             samples = sample_batched(model, positive, negative, latent, ref_latent is not None, seed, steps, cfg,
                                      threshold, shift_schedule, callback)
-        out = {"samples": samples}
+        out = {"samples": samples, OUTPUT_ROUNDING_KEY: params.switches.output_rounding}
         if ref_latent is not None and ORIGINAL_SIZE_KEY in ref_latent:
             out[ORIGINAL_SIZE_KEY] = ref_latent[ORIGINAL_SIZE_KEY]
         return io.NodeOutput(out)

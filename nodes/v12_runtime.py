@@ -16,12 +16,13 @@ import comfy.model_patcher
 import numpy as np
 import torch
 from PIL import Image
-from torch.nn import functional as F
 
 from ..model.attention import set_attention_backend
 from ..model.branch_sampling import BranchText, sample_per_branch
 from ..model.checkpoint_folder import INDEX_SUFFIX, TRANSFORMER_SUBFOLDER
-from ..model.sampling import LATENT_CHANNELS, get_schedule, size_for_level
+from ..model.image_io import OUTPUT_RESAMPLE, resize_unit_to_size_level, unit_to_uint8
+from ..model.params import VERSIONS
+from ..model.sampling import LATENT_CHANNELS, get_schedule
 from ..model.vlm_v12_encode import V12Encoding, encode_v12, vlm_source_image
 from .common import CONDITIONING_MARKER, U8_MAX
 from .dit_runtime import ACTIVATION_ELEMENTS_PER_TOKEN_PER_HIDDEN, run_compiled_or_eager
@@ -122,18 +123,16 @@ def sample_v12(model, cond: BranchText, uncond: BranchText, ref_latent: torch.Te
 def vae_pixels(image: Image.Image, size_level: int) -> torch.Tensor:
     """The v1.2 VAE input as a ComfyUI IMAGE ``[1, h, w, 3]``: torch bilinear with antialias on [0, 1]
     floats to the size-level size (``encode_image``; unlike the VLM's LANCZOS copy, V12.md §4)."""
-    width, height = size_for_level(image.width, image.height, size_level)
-    pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / U8_MAX).permute(2, 0, 1)[None]
-    resized = F.interpolate(pixels, (height, width), mode="bilinear", antialias=True)
-    return resized.permute(0, 2, 3, 1).clamp(0, 1)
+    pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / U8_MAX)[None]
+    return resize_unit_to_size_level(pixels, size_level)
 
 
 def decoded_to_pil(decoded: torch.Tensor, size: tuple[int, int]) -> Image.Image:
-    """VAE output (IMAGE, 0..1) → 8-bit rounded as the release's postprocess, resized back to ``size``
-    with PIL's default filter (``_output_process_image``)."""
-    pixels = (decoded[0, ..., :3].clamp(0, 1) * U8_MAX).round().to(torch.uint8).cpu().numpy()
+    """VAE output (IMAGE, 0..1) → 8-bit by the release's rounding, resized back to ``size`` with PIL's
+    default filter, bicubic (``_output_process_image``)."""
+    pixels = unit_to_uint8(decoded[0, ..., :3], VERSIONS[V12_RELEASE].output_rounding).cpu().numpy()
     image = Image.fromarray(pixels)
-    return image if image.size == size else image.resize(size)
+    return image if image.size == size else image.resize(size, OUTPUT_RESAMPLE)
 
 
 @dataclass

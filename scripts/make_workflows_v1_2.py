@@ -19,6 +19,7 @@ PIPELINE = "Step1X-Edit-v1p2"   # the release's folder, in models/diffusion_mode
 INSTRUCTION = 'Put a small wooden sign saying "HELLO" next to the cat'
 SIZE_LEVEL = 1024               # the v1.2 pipeline's default
 RENORM = "every step (v1.2 release)"
+V12_RESIZE_FILTER = "bilinear-antialias"  # the v1.2 release's VAE-input resize (model/params.py VERSIONS)
 
 
 def loader() -> dict:
@@ -34,7 +35,7 @@ def edit_workflow() -> dict:
         "4": node("Step1XV12Encode", "Step1X v1.2 VLM Encode", vlm=["3", 1], image=["1", 0], instruction=INSTRUCTION,
                   negative_instruction="", size_level=SIZE_LEVEL),
         "5": node("Step1XPackRefLatent", "Pack Ref Latent", image=["1", 0], vae=["2", 0], size_level=SIZE_LEVEL,
-                  resize_filter="lanczos"),
+                  resize_filter=V12_RESIZE_FILTER),
         "6": node("Step1XSampler", "Step1X Sampler", model=["3", 0], positive=["4", 0], negative=["4", 1],
                   ref_latent=["5", 0], seed=42, steps=28, cfg=6.0, cfg_renorm="model default", shift_schedule=True),
         "7": node("Step1XUnpackDecode", "Unpack/Decode", samples=["6", 0], vae=["2", 0], output_size="original"),

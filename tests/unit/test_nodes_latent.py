@@ -91,3 +91,58 @@ def test_input_pixels_round_and_decoded_pixels_truncate(latent_nodes):
     assert (common.image_to_uint8(levels)[0][..., 0].ravel() == list(range(256))).all()
     decoded = torch.full((1, 2, 2, 3), 254.9 / 255)
     assert (common.decoded_to_uint8(decoded)[0] == 254).all()
+
+
+class RecordingVAE(StandInVAE):
+    """Keeps the pixels it was asked to encode and decodes to a fixed value."""
+
+    def __init__(self, decoded_value: float = 0.5):
+        super().__init__()
+        self.pixels = None
+        self.decoded_value = decoded_value
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        self.pixels = pixels
+        return super().encode(pixels)
+
+    def decode(self, samples: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(super().decode(samples), self.decoded_value)
+
+
+def test_bilinear_antialias_resizes_the_float_image_as_v12_does(latent_nodes, sampling):
+    """v1.2 (V12.md §4): torch bilinear + antialias on [0, 1] floats, no 8-bit step, filter recorded."""
+    image = photo(1)
+    vae = RecordingVAE()
+    latent = latent_nodes.Step1XPackRefLatent.execute(image, vae, SIZE_LEVEL, "bilinear-antialias").result[0]
+    width, height = sampling.size_for_level(PHOTO_W, PHOTO_H, SIZE_LEVEL)
+    expected = torch.nn.functional.interpolate(image.permute(0, 3, 1, 2), (height, width), mode="bilinear",
+                                               antialias=True).permute(0, 2, 3, 1).clamp(0, 1)
+    assert vae.pixels.shape == (1, height, width, 3)
+    assert torch.equal(vae.pixels, expected)
+    assert not torch.equal(vae.pixels * 255, (vae.pixels * 255).round())  # not quantised to 8 bits
+    assert latent["step1x_resize_filter"] == "bilinear-antialias"
+    pil_vae = RecordingVAE()
+    latent_nodes.Step1XPackRefLatent.execute(image, pil_vae, SIZE_LEVEL, "lanczos")
+    assert (pil_vae.pixels - vae.pixels).abs().max().item() > 1 / 255  # a different filter, visibly
+
+
+@pytest.mark.parametrize("rounding, expected", [(None, 254), ("truncate", 254), ("round", 255)])
+def test_unpack_converts_to_8_bits_by_the_sampled_release(latent_nodes, rounding, expected):
+    latent = {"samples": torch.zeros(1, 16, 4, 4), "step1x_original_size": (30, 20)}
+    if rounding:
+        latent["step1x_output_rounding"] = rounding
+    image = latent_nodes.Step1XUnpackDecode.execute(latent, RecordingVAE(254.6 / 255), "original").result[0]
+    assert image.shape == (1, 20, 30, 3)
+    assert torch.allclose(image, torch.full_like(image, expected / 255))
+
+
+def test_each_release_names_its_pixel_rules():
+    """The switches Pack Ref Latent's warning and Unpack/Decode's rounding follow (SPEC.md §12.1 #6, V12.md §4)."""
+    params = import_pack_module("model.params")
+    image_io = import_pack_module("model.image_io")
+    rules = {version: (switches.input_resize, switches.output_rounding) for version, switches in params.VERSIONS.items()}
+    assert rules == {"v1.0": ("bicubic", "truncate"), "v1.1": ("lanczos", "truncate"),
+                     "v1.2": ("bilinear-antialias", "round")}
+    assert {resize for resize, _ in rules.values()} <= set(image_io.RESIZE_FILTERS)
+    with pytest.raises(ValueError, match="unknown 8-bit rounding 'nearest'; choose one of truncate, round"):
+        image_io.unit_to_uint8(torch.zeros(2), "nearest")

@@ -128,6 +128,21 @@ def test_release_mismatch_is_logged(sampler, caplog):
     assert caplog.text == ""
 
 
+@pytest.mark.parametrize("version, used, warned", [
+    ("v1.2", "lanczos", True), ("v1.2", "bilinear-antialias", False), ("v1.1", "bicubic", True),
+    ("v1.1", "lanczos", False), ("v1.0", "bicubic", False), ("v1.2", None, False),
+])
+def test_resize_filter_mismatch_is_logged_with_the_fix(sampler, caplog, version, used, warned):
+    params = import_node_module("model.params").Step1XParams(version=version)
+    latent = {"samples": torch.zeros(1, 16, 4, 4)}
+    if used:
+        latent["step1x_resize_filter"] = used
+    sampler.warn_on_resize_mismatch(latent, params)
+    expected = params.switches.input_resize
+    assert (f"resized with {used} but Step1X-Edit {version} resizes with {expected}" in caplog.text) == warned
+    assert (f"set Pack Ref Latent's resize_filter to {expected}" in caplog.text) == warned
+
+
 def cfg_renorm_input(node):
     (renorm,) = [spec for spec in node.define_schema().inputs if spec.id == "cfg_renorm"]
     return renorm
