@@ -52,10 +52,18 @@ class Step1XEdit(nn.Module):
         )
 
     def set_fused_epilogues(self, fuse: bool | None) -> None:
-        """Fused GEMM epilogues in every block: None = on CUDA (default), True / False = forced
+        """Fused GEMM epilogues in every block: None = on NVIDIA GPUs (default), True / False = forced
         (:class:`model.layers.FusedEpilogues`)."""
         for block in [*self.double_blocks, *self.single_blocks]:
             block.fuse_epilogues = fuse
+
+    def allow_fused_linears(self, *linear_classes: type) -> None:
+        """Linear classes (besides ``nn.Linear``) whose ``forward`` is ``F.linear(x, weight, bias)`` when
+        the weight is stored in ``x``'s dtype on its device and no ComfyUI cast flag or patch is set,
+        e.g. ``comfy.ops.disable_weight_init.Linear``; layers of other classes are never fused."""
+        forwards = frozenset(cls.forward for cls in linear_classes)
+        for block in [*self.double_blocks, *self.single_blocks]:
+            block.plain_linear_forwards = forwards
 
     def embed(
         self, timesteps: Tensor, llm_embedding: Tensor, t_vec: Tensor, mask: Tensor, dtype: torch.dtype,

@@ -38,17 +38,23 @@ def layer_norm_f32(x: Tensor) -> Tensor:
     return F.layer_norm(x.float(), (x.shape[-1],), eps=NORM_EPS)
 
 
-def uses_stored_weights(linear: nn.Module, x: Tensor) -> bool:
+def uses_stored_weights(linear: nn.Module, x: Tensor, plain_forwards: frozenset = frozenset()) -> bool:
     """True when ``linear(x)`` is exactly ``x·Wᵀ + b`` with the weight and bias as stored.
 
-    Not so when the weight is stored in another dtype (fp8) or on another device (offloaded), or when a
-    ComfyUI layer casts or patches at call time: ``comfy_cast_weights`` set, or a queued
-    ``weight_function`` / ``bias_function`` (the three conditions ``comfy/ops.py`` checks in ``forward``).
-    Then only the layer's own ``forward`` is right, and the fused paths below are not taken.
+    ``plain_forwards``: the ``forward`` functions known to be ``F.linear(x, weight, bias)`` whenever the
+    conditions below hold (``nn.Linear``'s always is). Not so when the class has another forward
+    (ComfyUI's cublas or mixed-precision ops), when hooks are registered, when the weight is stored in
+    another dtype (fp8) or on another device (offloaded), or when a ComfyUI layer casts or patches at
+    call time: ``comfy_cast_weights`` set, or a queued ``weight_function`` / ``bias_function`` (the three
+    conditions ``comfy/ops.py`` checks in ``forward``). Then only the layer's own ``forward`` is right,
+    and the fused paths below are not taken.
     """
     weight, bias = linear.weight, linear.bias
     return (
         bias is not None
+        and (type(linear).forward is nn.Linear.forward or type(linear).forward in plain_forwards)
+        and not (linear._forward_hooks or linear._forward_pre_hooks)
+        and not (nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks)
         and type(weight) in (Tensor, nn.Parameter)
         and weight.dtype == bias.dtype == x.dtype
         and weight.device == x.device
@@ -63,28 +69,36 @@ def linear_gelu_tanh(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
 
     On CUDA one GEMM whose cuBLASLt epilogue adds the bias and applies the tanh GELU before the one
     rounding to ``x``'s dtype (``torch._addmm_activation``), so the MLP's widest tensor is written once
-    and never re-read by a separate GELU. Its CPU kernel applies the erf GELU, so elsewhere the two ops.
+    and never re-read by a separate GELU. Its CPU kernel applies the erf GELU, and ROCm's epilogue is
+    unverified, so elsewhere the two ops.
     """
-    if not x.is_cuda:
+    if not _has_cublaslt_gelu(x):
         return F.gelu(F.linear(x, weight, bias), approximate="tanh")
     out = torch._addmm_activation(bias, x.reshape(-1, x.shape[-1]), weight.t(), use_gelu=True)
     return out.view(*x.shape[:-1], weight.shape[0])
 
 
-class FusedEpilogues:
-    """Mixin: ``fuse_epilogues`` None (default) fuses on CUDA, True / False force it (tests, benchmarks).
+def _has_cublaslt_gelu(x: Tensor) -> bool:
+    return x.is_cuda and torch.version.hip is None
 
-    The fused forms compute the same function with fewer passes over memory; in bf16 they round once
-    less (GELU applied before rounding), so results differ from the unfused forms at bf16 precision.
+
+class FusedEpilogues:
+    """Mixin: ``fuse_epilogues`` None (default) fuses on NVIDIA GPUs, True / False force it (tests, benchmarks).
+
+    The fused forms compute the same function with fewer passes over memory. Rounding differs at the
+    compute dtype's precision: the GELU is applied before the GEMM output is rounded (once less), the
+    single block's attention product is rounded before the MLP product is added to it (once more).
+    ``plain_linear_forwards``: see :func:`uses_stored_weights` (set by ``Step1XEdit.allow_fused_linears``).
     """
 
     fuse_epilogues: bool | None = None
+    plain_linear_forwards: frozenset = frozenset()
 
     def _fuse(self, x: Tensor, *linears: nn.Module) -> bool:
-        wanted = x.is_cuda if self.fuse_epilogues is None else self.fuse_epilogues
-        return wanted and all(uses_stored_weights(linear, x) for linear in linears)
+        wanted = _has_cublaslt_gelu(x) if self.fuse_epilogues is None else self.fuse_epilogues
+        return wanted and all(uses_stored_weights(linear, x, self.plain_linear_forwards) for linear in linears)
 
-    def _mlp(self, mlp: nn.Sequential, x: Tensor) -> Tensor:
+    def _mlp_forward(self, mlp: nn.Sequential, x: Tensor) -> Tensor:
         """``Linear → GELU(tanh) → Linear`` with the first Linear's bias and GELU in its GEMM epilogue."""
         if self._fuse(x, mlp[0]):
             return mlp[2](linear_gelu_tanh(x, mlp[0].weight, mlp[0].bias))
@@ -192,9 +206,9 @@ class DoubleStreamBlock(FusedEpilogues, nn.Module):
         txt_len = txt.shape[1]
         txt_attn, img_attn = joint[:, :txt_len], joint[:, txt_len:]
         img = img + img_gate1 * self.img_attn.proj(img_attn)
-        img = img + img_gate2 * self._mlp(self.img_mlp, modulate(img, img_shift2, img_scale2))
+        img = img + img_gate2 * self._mlp_forward(self.img_mlp, modulate(img, img_shift2, img_scale2))
         txt = txt + txt_gate1 * self.txt_attn.proj(txt_attn)
-        txt = txt + txt_gate2 * self._mlp(self.txt_mlp, modulate(txt, txt_shift2, txt_scale2))
+        txt = txt + txt_gate2 * self._mlp_forward(self.txt_mlp, modulate(txt, txt_shift2, txt_scale2))
         return img, txt
 
 

@@ -5,11 +5,15 @@ they are forced on and compared in float64, where only summation order differs.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from model import layers
 from model.attention import embed_positions
+from model.dit import Step1XEdit
+from model.params import FULL_SIZE
 
 HIDDEN, HEADS, AXES = 64, 4, (4, 6, 6)
 BATCH, TXT, IMG = 2, 6, 14
@@ -80,6 +84,74 @@ def test_layers_that_cast_or_patch_at_call_time_are_not_fused(change):
     else:
         setattr(linear, change, [lambda w: 2 * w])
     assert not layers.uses_stored_weights(linear, x)
+
+
+class ScaledLinear(torch.nn.Linear):
+    """A Linear subclass with its own forward (like ComfyUI's cublas or mixed-precision ops)."""
+
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
+def test_hooks_and_own_forwards_are_respected(inputs):
+    x = torch.randn(3, 8, dtype=torch.float64)
+    hooked = torch.nn.Linear(8, 16, dtype=torch.float64)
+    hooked.register_forward_hook(lambda module, args, out: out * 0)
+    assert not layers.uses_stored_weights(hooked, x)
+    pre_hooked = torch.nn.Linear(8, 16, dtype=torch.float64)
+    pre_hooked.register_forward_pre_hook(lambda module, args: None)
+    assert not layers.uses_stored_weights(pre_hooked, x)
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda module, args, out: None)
+    try:
+        assert not layers.uses_stored_weights(torch.nn.Linear(8, 16, dtype=torch.float64), x)
+    finally:
+        handle.remove()
+    scaled = ScaledLinear(8, 16, dtype=torch.float64)
+    assert not layers.uses_stored_weights(scaled, x)
+    assert layers.uses_stored_weights(scaled, x, frozenset({ScaledLinear.forward}))
+
+
+def test_a_hook_on_a_fused_layer_still_reaches_the_output(inputs):
+    single, double = _blocks()
+    base = _run(single, double, inputs, True)
+    double.img_mlp[0].register_forward_hook(lambda module, args, out: out * 0)
+    hooked = _run(single, double, inputs, True)
+    assert (hooked[1] - base[1]).abs().max().item() > 1e-3
+    assert (hooked[1] - _run(single, double, inputs, False)[1]).abs().max().item() == 0.0
+
+
+def test_only_allowed_linear_classes_are_fused():
+    full = FULL_SIZE["v1.1"]
+    tiny = dataclasses.replace(full, dit=dataclasses.replace(full.dit, hidden_size=64, num_heads=1, depth=1,
+                                                             depth_single_blocks=1, axes_dim=(16, 24, 24)))
+
+    class Operations:
+        Linear = ScaledLinear
+        LayerNorm = torch.nn.LayerNorm
+
+    with torch.device("meta"):
+        net = Step1XEdit(tiny, operations=Operations)
+    block = net.single_blocks[0]
+    x = torch.empty(1, 2, 64, device="meta")
+    block.fuse_epilogues = True
+    assert not block._fuse(x, block.linear1, block.linear2)
+    net.allow_fused_linears(ScaledLinear)
+    assert block._fuse(x, block.linear1, block.linear2)
+    assert net.double_blocks[0].plain_linear_forwards == frozenset({ScaledLinear.forward})
+
+
+def test_fused_blocks_compile(inputs):
+    single, double = _blocks()
+    expected = _run(single, double, inputs, True)
+    torch._dynamo.reset()
+    single.compile(backend="eager")
+    double.compile(backend="eager")
+    try:
+        got = _run(single, double, inputs, True)
+    finally:
+        torch._dynamo.reset()
+    for a, b in zip(got, expected):
+        assert (a - b).abs().max().item() == 0.0
 
 
 def test_patched_layer_keeps_its_own_forward(inputs):
