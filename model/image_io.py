@@ -15,14 +15,17 @@ from .sampling import size_for_level
 
 # v1.0 used PIL's default filter for resize (bicubic); the v1.1 code switched the input resize to
 # LANCZOS; the output is resized back with the default (bicubic) in every release (SPEC.md §12.1 #6,
-# §6.6; V12.md §5 "PIL's default filter").
+# §6.6; V12.md §0 "PIL's default filter").
 INPUT_RESAMPLE = {"bicubic": Image.BICUBIC, "lanczos": Image.LANCZOS}
 # v1.2 resizes the VAE input with torch bilinear + antialias on [0, 1] floats (V12.md §4).
 BILINEAR_ANTIALIAS = "bilinear-antialias"
 RESIZE_FILTERS = (*INPUT_RESAMPLE, BILINEAR_ANTIALIAS)
 OUTPUT_RESAMPLE = Image.BICUBIC
 U8_MAX = 255
+# 8-bit conversion of the decoded image: truncated in v1.0 / v1.1 (SPEC.md §6.6, ``to_pil_image``), rounded
+# in v1.2 (diffusers ``VaeImageProcessor.numpy_to_pil``: ``(images * 255).round()``).
 ROUNDINGS = ("truncate", "round")
+DEFAULT_ROUNDING = "truncate"
 
 
 def resize_to_size_level(image: np.ndarray, size_level: int, resample: str = "bicubic") -> np.ndarray:
@@ -46,7 +49,7 @@ def to_vae_input(image: np.ndarray) -> torch.Tensor:
     return pixels * 2 - 1
 
 
-def unit_to_uint8(unit: torch.Tensor, rounding: str = "truncate") -> torch.Tensor:
+def unit_to_uint8(unit: torch.Tensor, rounding: str = DEFAULT_ROUNDING) -> torch.Tensor:
     """Values in [0, 1] (clamped) → uint8 ×255, truncated (v1.0 / v1.1 ``to_pil_image``) or rounded
     (v1.2 ``VaeImageProcessor``): the release's ``output_rounding`` switch (model/params.py)."""
     if rounding not in ROUNDINGS:

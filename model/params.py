@@ -86,8 +86,9 @@ class VersionSwitches:
     input_resize: the reference image's resize to the working size (model/image_io.py RESIZE_FILTERS):
         PIL bicubic (v1.0), PIL LANCZOS (v1.1; SPEC.md §12.1 #6), torch bilinear with antialias on the
         float image (v1.2; V12.md §4).
-    output_rounding: the decoded image's 8-bit conversion: ×255 truncated (v1.0, v1.1 ``to_pil_image``;
-        SPEC.md §6.6) or rounded (v1.2, diffusers ``VaeImageProcessor``).
+    output_rounding: the decoded image's 8-bit conversion (model/image_io.py ROUNDINGS): ×255 truncated
+        (v1.0, v1.1 ``to_pil_image``; SPEC.md §6.6) or rounded (v1.2, diffusers
+        ``VaeImageProcessor.numpy_to_pil``).
     """
 
     connector_scale_factor: bool

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..model.image_io import unit_to_uint8
-from ..model.params import RENORM_EVERY_STEP, RENORM_NEVER, RENORM_OFFICIAL, Step1XParams
+from ..model.image_io import DEFAULT_ROUNDING, unit_to_uint8
+from ..model.params import RENORM_EVERY_STEP, RENORM_NEVER, RENORM_OFFICIAL, VERSIONS, Step1XParams
 
 CATEGORY = "Step1X-Edit"
 # Key the VLM encoder puts in each conditioning's options dict (nodes/node_vlm_encode.py); its value is
@@ -21,8 +21,8 @@ RESIZE_FILTER_KEY = "step1x_resize_filter"
 OUTPUT_ROUNDING_KEY = "step1x_output_rounding"
 # The current official pipeline (v1.1 code, SPEC.md §12.1 #6, VLM.md §4): LANCZOS input resize and
 # SDPA in the VLM. Pack Ref Latent and VLM Encode share these defaults so both see the same image.
-DEFAULT_RESIZE_FILTER = "lanczos"
 DEFAULT_RELEASE = "v1.1"
+DEFAULT_RESIZE_FILTER = VERSIONS[DEFAULT_RELEASE].input_resize
 FLUX_LATENT_CHANNELS = 16
 FLUX_VAE_DOWNSCALE = 8
 U8_MAX = 255
@@ -51,7 +51,7 @@ def image_to_uint8(image: torch.Tensor) -> list[np.ndarray]:
     return list((image[..., :3].clamp(0, 1) * U8_MAX).round().to(torch.uint8).cpu().numpy())
 
 
-def decoded_to_uint8(image: torch.Tensor, rounding: str = "truncate") -> list[np.ndarray]:
+def decoded_to_uint8(image: torch.Tensor, rounding: str = DEFAULT_ROUNDING) -> list[np.ndarray]:
     """VAE decoder output (IMAGE, 0..1) → uint8 ×255, truncated (v1.0 / v1.1, SPEC.md §6.6 ``to_pil_image``)
     or rounded (v1.2): the release's ``output_rounding``."""
     return list(unit_to_uint8(image[..., :3], rounding).cpu().numpy())

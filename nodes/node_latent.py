@@ -9,6 +9,7 @@ from comfy_api.latest import io
 
 from ..model.image_io import (
     BILINEAR_ANTIALIAS,
+    DEFAULT_ROUNDING,
     RESIZE_FILTERS,
     resize_back,
     resize_to_size_level,
@@ -119,10 +120,8 @@ class Step1XUnpackDecode(io.ComfyNode):
     @classmethod
     def execute(cls, samples: dict, vae, output_size: str) -> io.NodeOutput:
         check_flux_vae(vae)
-        decoded = vae.decode(samples["samples"])
+        frames = decoded_to_uint8(vae.decode(samples["samples"]), samples.get(OUTPUT_ROUNDING_KEY, DEFAULT_ROUNDING))
         original = samples.get(ORIGINAL_SIZE_KEY)
-        if output_size == "sampled" or original is None:
-            return io.NodeOutput(decoded)
-        width, height = original
-        frames = decoded_to_uint8(decoded, samples.get(OUTPUT_ROUNDING_KEY, "truncate"))
-        return io.NodeOutput(uint8_to_image([resize_back(frame, width, height) for frame in frames]))
+        if output_size == "original" and original is not None:
+            frames = [resize_back(frame, *original) for frame in frames]
+        return io.NodeOutput(uint8_to_image(frames))

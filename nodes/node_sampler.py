@@ -81,6 +81,7 @@ def warn_on_release_mismatch(conditioning, version: str) -> None:
 
 
 def warn_on_resize_mismatch(ref_latent: dict, params) -> None:
+    """Log when Pack Ref Latent's filter is not the one the model's release resizes with (edits still run)."""
     used = ref_latent.get(RESIZE_FILTER_KEY)
     if used is not None and used != params.switches.input_resize:
         logger.warning("the reference latent was resized with %s but Step1X-Edit %s resizes with %s: set Pack Ref "

@@ -126,14 +126,15 @@ def test_bilinear_antialias_resizes_the_float_image_as_v12_does(latent_nodes, sa
     assert (pil_vae.pixels - vae.pixels).abs().max().item() > 1 / 255  # a different filter, visibly
 
 
+@pytest.mark.parametrize("output_size, shape", [("original", (1, 20, 30, 3)), ("sampled", (1, 32, 32, 3))])
 @pytest.mark.parametrize("rounding, expected", [(None, 254), ("truncate", 254), ("round", 255)])
-def test_unpack_converts_to_8_bits_by_the_sampled_release(latent_nodes, rounding, expected):
+def test_unpack_converts_to_8_bits_by_the_sampled_release(latent_nodes, output_size, shape, rounding, expected):
     latent = {"samples": torch.zeros(1, 16, 4, 4), "step1x_original_size": (30, 20)}
     if rounding:
         latent["step1x_output_rounding"] = rounding
-    image = latent_nodes.Step1XUnpackDecode.execute(latent, RecordingVAE(254.6 / 255), "original").result[0]
-    assert image.shape == (1, 20, 30, 3)
-    assert torch.allclose(image, torch.full_like(image, expected / 255))
+    image = latent_nodes.Step1XUnpackDecode.execute(latent, RecordingVAE(254.6 / 255), output_size).result[0]
+    assert image.shape == shape
+    assert torch.equal(image, torch.full_like(image, expected / 255))
 
 
 def test_each_release_names_its_pixel_rules():
