@@ -135,8 +135,9 @@ def kohya_targets(linear_shapes: Mapping[str, Sequence[int]]) -> dict[str, Kohya
             raise LoraError(
                 f"two Linears of this model, {targets[name].weight_key} and {path}.weight, share the kohya name "
                 f"{name}, so a LoRA file cannot say which of them it changes. Kohya LoRAs address the Step1X-Edit "
-                "DiT by its own layer names: apply the LoRA to the model from 'Load Step1X Model' (through the "
-                "'Step1X LoRA' node), not to a model whose layers were renamed or wrapped.")
+                "DiT by its own layer names: apply the LoRA to the model from 'Load Step1X Model' or 'Load "
+                "Step1X-Edit v1.2' (through the 'Step1X LoRA' node), not to a model whose layers were renamed or "
+                "wrapped.")
         covered = path.startswith(BLOCK_CONTAINERS) or any(f in name for f in INPUT_LAYER_FILTERS)
         targets[name] = KohyaTarget(f"{path}.weight", (int(shape[0]), int(shape[1])), covered)
     return targets

@@ -148,7 +148,7 @@ def test_underscore_names_resolve_against_real_paths():
     with pytest.raises(LoraError, match=r"a_b\.c\.weight and a\.b_c\.weight, share the kohya name lora_unet_a_b_c, "
                                         r"so a LoRA file cannot say which of them it changes") as error:
         kohya_targets({"a_b.c": (2, 2), "a.b_c": (2, 2)})
-    assert "apply the LoRA to the model from 'Load Step1X Model'" in str(error.value)
+    assert "apply the LoRA to the model from 'Load Step1X Model' or 'Load Step1X-Edit v1.2'" in str(error.value)
 
 
 def test_text_encoder_part_is_reported_not_applied(linear_shapes, lora_sd):
