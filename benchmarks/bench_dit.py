@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model import attention, fp8  # noqa: E402
+from model import attention, fp8, layers  # noqa: E402
 from model.dit import Step1XEdit  # noqa: E402
 from model.params import FULL_SIZE  # noqa: E402
 from model.sampling import SamplingInputs, get_schedule, make_noise, sample  # noqa: E402
@@ -50,6 +50,7 @@ def random_model(device: torch.device) -> Step1XEdit:
     params = FULL_SIZE["v1.1"]
     with torch.device("meta"):
         model = Step1XEdit(params, dtype=torch.bfloat16, operations=fp8.fp8_ops)
+    model.allow_fused_linears(fp8.Linear)  # its forward is F.linear while the weight is not fp8
     model.to_empty(device=device)
     generator = torch.Generator(device).manual_seed(0)
     with torch.no_grad():
@@ -142,6 +143,36 @@ def measure(model, inputs, mode: str, size: int, args, device, reference: dict) 
     return run
 
 
+MODE_PRECISIONS = ("bf16", "fp8")
+MODE_FLAGS = ("compile", "autotune", "unfused")
+
+
+def parse_modes(modes: list[str]) -> list[tuple[str, set[str]]]:
+    """``precision[-flag...]`` → (precision, flags); autotune needs compile and, since it recompiles every
+    block, must come after every other compiled mode."""
+    parsed = []
+    for mode in modes:
+        precision, *flags = mode.split("-")
+        if precision not in MODE_PRECISIONS or set(flags) - set(MODE_FLAGS) or ("autotune" in flags and "compile" not in flags):
+            raise SystemExit(f"mode {mode!r}: use {'|'.join(MODE_PRECISIONS)} then any of "
+                             f"{', '.join('-' + f for f in MODE_FLAGS)} (-autotune only with -compile)")
+        parsed.append((precision, set(flags)))
+    autotuned = [i for i, (_, flags) in enumerate(parsed) if "autotune" in flags]
+    if autotuned and any("compile" in flags and "autotune" not in flags for _, flags in parsed[autotuned[0]:]):
+        raise SystemExit("put the -autotune modes after every other -compile mode")
+    return parsed
+
+
+def gelu_epilogue_check(device) -> dict:
+    """fp32 error of the fused GEMM + GELU (``model.layers.linear_gelu_tanh``) against both GELUs."""
+    generator = torch.Generator(device).manual_seed(1)
+    x, w, b = (torch.randn(*shape, device=device, generator=generator) for shape in ((512, 256), (1024, 256), (1024,)))
+    fused = layers.linear_gelu_tanh(x, w, b)
+    pre = torch.nn.functional.linear(x, w, b)
+    return {"gelu_epilogue_vs_tanh_max_abs": (fused - torch.nn.functional.gelu(pre, approximate="tanh")).abs().max().item(),
+            "gelu_epilogue_vs_erf_max_abs": (fused - torch.nn.functional.gelu(pre)).abs().max().item()}
+
+
 def matmul_ceilings(device) -> dict:
     n = 8192
     a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
@@ -175,12 +206,14 @@ def main() -> None:
     parser.add_argument("--full-edit-size", type=int, default=1024, help="size at which the whole 28-step loop is timed")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
+    modes = parse_modes(args.modes)
     device = torch.device("cuda")
     torch.backends.cuda.matmul.allow_tf32 = True
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     report = {
         "gpu": torch.cuda.get_device_name(device), "torch": torch.__version__, "cuda": torch.version.cuda,
-        "date": stamp, "attention_backend": attention.attention_backend(), **matmul_ceilings(device), "runs": [],
+        "date": stamp, "attention_backend": attention.attention_backend(), **matmul_ceilings(device),
+        **gelu_epilogue_check(device), "runs": [],
     }
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"dit-{stamp}.json"
@@ -191,16 +224,16 @@ def main() -> None:
     for block in blocks:
         block.compile()  # regional compilation; eager modes run under the "force_eager" stance
     autotuned = False
-    for mode in args.modes:
-        if mode.startswith("fp8") and model.double_blocks[0].img_attn.qkv.weight.dtype != fp8.FP8:
+    for mode, (precision, flags) in zip(args.modes, modes):
+        if precision == "fp8" and model.double_blocks[0].img_attn.qkv.weight.dtype != fp8.FP8:
             quantize_blocks(model)
-        if "autotune" in mode and not autotuned:  # Triton GEMM templates with fused epilogues vs cuBLAS
+        if "autotune" in flags and not autotuned:  # Triton GEMM templates with fused epilogues vs cuBLAS
             torch._dynamo.reset()
             for block in blocks:
                 block.compile(mode="max-autotune-no-cudagraphs")
             autotuned = True
-        model.set_fused_epilogues(False if "unfused" in mode else None)
-        torch.compiler.set_stance("default" if "compile" in mode else "force_eager")
+        model.set_fused_epilogues(False if "unfused" in flags else None)
+        torch.compiler.set_stance("default" if "compile" in flags else "force_eager")
         for size in args.sizes:
             inputs = edit_inputs(size, args.steps, device, params)
             torch.cuda.reset_peak_memory_stats(device)

@@ -19,8 +19,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.bench_dit import GIB, edit_inputs, flops_per_step  # noqa: E402
+from benchmarks.bench_dit import GIB, edit_inputs, flops_per_step, full_edit, random_model, relative_error  # noqa: E402
+from model.checkpoint import quantize_fp8  # noqa: E402
 from model.dit import Step1XEdit  # noqa: E402
+from model.loader import FP8_BLOCK_PREFIXES  # noqa: E402
 from model.params import FULL_SIZE  # noqa: E402
 from model.sampling import sample  # noqa: E402
 from dataclasses import replace  # noqa: E402
@@ -75,6 +77,7 @@ def dit_lowvram(budgets_gib: list[float], size: int, device, compiled: bool, wei
                   else comfy.ops.pick_operations(torch.bfloat16, torch.bfloat16, load_device=device))
     with torch.device("meta"):
         model = Step1XEdit(FULL_SIZE["v1.1"], dtype=torch.bfloat16, operations=operations)
+    model.allow_fused_linears(comfy.ops.disable_weight_init.Linear)  # as nodes/node_loader.py does
     model.to_empty(device="cpu")
     fill_random_from_gpu(model, device)
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=torch.device("cpu"))
@@ -112,18 +115,15 @@ def dit_lowvram(budgets_gib: list[float], size: int, device, compiled: bool, wei
 
 
 def quantized_copy(model: Step1XEdit, operations, device) -> Step1XEdit:
-    """The same network built with ComfyUI's scaled-fp8 ``operations``: every Linear weight becomes
-    ``W / s`` in e4m3 with ``s = max|W| / 448`` (one scale per tensor, as in scaled-fp8 checkpoints);
-    biases stay bf16 (``assign`` keeps the loaded dtype)."""
+    """The same network built with ComfyUI's scaled-fp8 ``operations``, as Load Step1X Model stores fp8:
+    the blocks' Linear weights become ``W / s`` in e4m3 with ``s = max|W| / 448`` (one scale per tensor,
+    ``model.checkpoint.quantize_fp8``); every other tensor stays bf16 (``assign`` keeps its dtype)."""
     with torch.device("meta"):
         fp8_model = Step1XEdit(model.params, dtype=torch.bfloat16, operations=operations)
     state = model.state_dict()
     for name, param in fp8_model.named_parameters():
-        if param.dtype == torch.float8_e4m3fn and name.endswith(".weight"):
-            weight = state[name].float()
-            scale = weight.abs().amax() / torch.finfo(torch.float8_e4m3fn).max
-            state[name] = (weight / scale).to(torch.float8_e4m3fn)
-            state[name.removesuffix("weight") + "scale_weight"] = scale
+        if param.dtype == torch.float8_e4m3fn and name.endswith(".weight") and name.startswith(FP8_BLOCK_PREFIXES):
+            state[name], state[name.removesuffix("weight") + "scale_weight"] = quantize_fp8(state[name])
     fp8_model.load_state_dict(state, assign=True)
     return fp8_model.to(device).eval()
 
@@ -136,8 +136,6 @@ def fp8_error(size: int, device) -> list[dict]:
     L2 error of the latent; random weights, so the trajectory amplifies differences.
     """
     import comfy.ops
-
-    from benchmarks.bench_dit import full_edit, random_model, relative_error
 
     model = random_model(device)
     model.set_fused_epilogues(False)
