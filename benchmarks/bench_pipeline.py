@@ -63,7 +63,8 @@ def fill_random_from_gpu(module: torch.nn.Module, device) -> None:
 
 def dit_lowvram(budgets_gib: list[float], size: int, device, compiled: bool, weights: str,
                 fp8_matmul: bool = False) -> list[dict]:
-    """The DiT through ComfyUI's ModelPatcher: full load (budget 0) or partial loads of the given sizes.
+    """The DiT through ComfyUI's ModelPatcher: full load (budget 0) or partial loads of the given sizes;
+    each row's one-step latent is compared with the first budget's (offloaded layers run unfused).
 
     ``weights`` "bf16" builds it with ``comfy.ops.pick_operations`` for bf16 weights and compute; "fp8" with
     ``comfy.ops.scaled_fp8_ops`` (fp8 storage, one scale per tensor): what Load Step1X Model does.
@@ -87,6 +88,7 @@ def dit_lowvram(budgets_gib: list[float], size: int, device, compiled: bool, wei
     inputs = edit_inputs(size, 28, device, model.params)
     one = replace(inputs, timesteps=inputs.timesteps[:2])
     rows = []
+    reference = None
     lin, att = flops_per_step(model.params, (size // 16) ** 2)
     for budget in budgets_gib:
         mm.unload_all_models()
@@ -98,13 +100,17 @@ def dit_lowvram(budgets_gib: list[float], size: int, device, compiled: bool, wei
             patcher.load(device, full_load=True)
         with torch.no_grad():
             s_step = timed(lambda: sample(model, one, 6.0, 0.93, model.params.switches, torch.bfloat16, device), repeat=3, warmup=2)
+            first_step = sample(model, one, 6.0, 0.93, model.params.switches, torch.bfloat16, device)
+        if reference is None:  # the first budget's one-step latent
+            reference = first_step
         kind = weights + ("-fp8-matmul" if fp8_matmul else "")
         mode = f"{kind}-comfy-lowvram-{budget:g}GiB" if budget else f"{kind}-comfy-full-load"
         row = {"mode": mode + ("-compile" if compiled else ""), "size": size, "steps": 28,
                "cfg": True, "s_per_step": s_step, "s_per_edit": 28 * s_step, "tflops": (lin + att) / s_step / 1e12,
                "weights_on_gpu_gib": patcher.loaded_size() / GIB,
                "peak_allocated_gib": torch.cuda.max_memory_allocated(device) / GIB,
-               "peak_reserved_gib": torch.cuda.max_memory_reserved(device) / GIB}
+               "peak_reserved_gib": torch.cuda.max_memory_reserved(device) / GIB,
+               "rel_first_step_error_vs_first_budget": relative_error(first_step, reference)}
         rows.append(row)
         print(json.dumps(row), flush=True)
         patcher.detach()
