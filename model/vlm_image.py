@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .image_io import U8_MAX
 from .sampling import size_for_level
 
 # Qwen2.5-VL vision geometry (preprocessor_config.json): 14-pixel patches, 2×2 merge, 2 frames.
@@ -90,7 +91,7 @@ def qwen2vl_pixel_values(image: Image.Image) -> tuple[torch.Tensor, torch.Tensor
     if image.width % RESIZE_FACTOR or image.height % RESIZE_FACTOR:
         raise ValueError(f"image {image.width}×{image.height} is not VLM-sized (multiples of "
                          f"{RESIZE_FACTOR}): pass it through resize_for_vlm first")
-    pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32)) / 255.0
+    pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32)) / U8_MAX
     mean = torch.tensor(IMAGE_MEAN)
     std = torch.tensor(IMAGE_STD)
     pixels = ((pixels - mean) / std).permute(2, 0, 1)  # [3, H, W]
@@ -121,11 +122,11 @@ def image_tensor_to_pil(frame: torch.Tensor) -> Image.Image:
         frame = frame[..., :1].expand(-1, -1, 3)
     else:
         frame = frame[..., :3]
-    pixels = torch.nan_to_num(frame, nan=0.0).clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8)
+    pixels = torch.nan_to_num(frame, nan=0.0).clamp(0.0, 1.0).mul(U8_MAX).round().to(torch.uint8)
     return Image.fromarray(pixels.numpy())
 
 
 def pil_to_image_tensor(image: Image.Image) -> torch.Tensor:
     """RGB PIL image as a ComfyUI IMAGE batch of one: [1, H, W, 3] float32 = uint8 / 255."""
-    pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / U8_MAX
     return torch.from_numpy(pixels).unsqueeze(0)

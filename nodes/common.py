@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..model.image_io import DEFAULT_ROUNDING, unit_to_uint8
+from ..model.image_io import DEFAULT_ROUNDING, U8_MAX, unit_to_uint8
 from ..model.params import RENORM_EVERY_STEP, RENORM_NEVER, RENORM_OFFICIAL, VERSIONS, Step1XParams
 
 CATEGORY = "Step1X-Edit"
@@ -23,9 +23,12 @@ OUTPUT_ROUNDING_KEY = "step1x_output_rounding"
 # SDPA in the VLM. Pack Ref Latent and VLM Encode share these defaults so both see the same image.
 DEFAULT_RELEASE = "v1.1"
 DEFAULT_RESIZE_FILTER = VERSIONS[DEFAULT_RELEASE].input_resize
+# size_level of Pack Ref Latent and VLM Encode (one range, both nodes must see one value): official
+# default 512 (SPEC.md §6; the Gradio app suggests 512, 768, 1024); sides come out in multiples of 16.
+DEFAULT_SIZE_LEVEL = 512
+MIN_SIZE_LEVEL, MAX_SIZE_LEVEL, SIZE_LEVEL_STEP = 256, 2048, 16
 FLUX_LATENT_CHANNELS = 16
 FLUX_VAE_DOWNSCALE = 8
-U8_MAX = 255
 # cfg_renorm, the norm-rescaled CFG threshold (SPEC.md §12.2, V12.md §6.2) of Step1X Sampler and Step1X
 # Reasoning Edit: guidance is renormalised on the steps with t > threshold. 1.0 is off (the v1.0
 # pipeline), 0.93 the official v1.1 rule, 0.00093 every step (the v1.2 release); "model default" (None)
@@ -48,7 +51,7 @@ def renorm_threshold(choice: str, params: Step1XParams) -> float:
 
 def image_to_uint8(image: torch.Tensor) -> list[np.ndarray]:
     """ComfyUI IMAGE ``[B, H, W, C]`` float 0..1 → RGB uint8 frames (rounded: LoadImage stores k/255 exactly)."""
-    return list((image[..., :3].clamp(0, 1) * U8_MAX).round().to(torch.uint8).cpu().numpy())
+    return list(unit_to_uint8(image[..., :3], "round").cpu().numpy())
 
 
 def decoded_to_uint8(image: torch.Tensor, rounding: str = DEFAULT_ROUNDING) -> list[np.ndarray]:

@@ -18,11 +18,15 @@ from ..model.image_io import (
 from .common import (
     CATEGORY,
     DEFAULT_RESIZE_FILTER,
+    DEFAULT_SIZE_LEVEL,
     FLUX_LATENT_CHANNELS,
     FLUX_VAE_DOWNSCALE,
+    MAX_SIZE_LEVEL,
+    MIN_SIZE_LEVEL,
     ORIGINAL_SIZE_KEY,
     OUTPUT_ROUNDING_KEY,
     RESIZE_FILTER_KEY,
+    SIZE_LEVEL_STEP,
     decoded_to_uint8,
     image_to_uint8,
     uint8_to_image,
@@ -30,9 +34,6 @@ from .common import (
 
 MIN_IMAGE_SIDE = 16                          # one DiT token covers 16×16 pixels (SPEC.md §6.4)
 MAX_IMAGE_SIDE = 16384                       # ComfyUI's own image size limit (nodes.py MAX_RESOLUTION)
-DEFAULT_SIZE_LEVEL = 512                     # official default (SPEC.md §6)
-# Same range as VLM Encode's size_level (nodes/node_vlm_encode.py): both nodes must see one value.
-MIN_SIZE_LEVEL, MAX_SIZE_LEVEL, SIZE_LEVEL_STEP = 256, 2048, 16
 OUTPUT_SIZES = ("original", "sampled")
 
 

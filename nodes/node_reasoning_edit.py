@@ -13,12 +13,12 @@ from comfy_api.latest import io
 
 from ..model.thinker import MAX_ATTEMPTS, MalformedAnswer, Thinker, describe, reasoning_edit
 from ..model.vlm_image import image_tensor_to_pil
-from .common import CATEGORY, RENORM_CHOICES, RENORM_TOOLTIP, RENORM_V12_RELEASE, renorm_threshold, uint8_to_image
+from .common import (CATEGORY, MAX_SIZE_LEVEL, MIN_SIZE_LEVEL, RENORM_CHOICES, RENORM_TOOLTIP, RENORM_V12_RELEASE,
+                     SIZE_LEVEL_STEP, renorm_threshold, uint8_to_image)
 from .node_latent import check_flux_vae
 from .dit_runtime import step_callback
-from .node_sampler import DEFAULT_CFG, DEFAULT_SEED, DEFAULT_STEPS, MAX_STEPS
+from .node_sampler import DEFAULT_CFG, DEFAULT_SEED, DEFAULT_STEPS, MAX_SEED, MAX_STEPS
 from .node_v12 import V12_SIZE_LEVEL, Step1XVLM
-from .node_vlm_encode import MAX_SIZE_LEVEL, MIN_SIZE_LEVEL, SIZE_LEVEL_STEP
 from .v12_runtime import V12VLM, SeededVLM, V12Editor, check_v12_model
 
 DEFAULT_TRIES = 3  # release max_try_cnt
@@ -45,7 +45,7 @@ class Step1XReasoningEdit(io.ComfyNode):
                                 tooltip="Negative prompt; the release uses an empty string."),
                 io.Int.Input("size_level", default=V12_SIZE_LEVEL, min=MIN_SIZE_LEVEL, max=MAX_SIZE_LEVEL,
                              step=SIZE_LEVEL_STEP, tooltip="Working size, area ≈ size_level²; release 1024."),
-                io.Int.Input("seed", default=DEFAULT_SEED, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                io.Int.Input("seed", default=DEFAULT_SEED, min=0, max=MAX_SEED, control_after_generate=True,
                              tooltip="Seeds the noise of every try (one generator) and every VLM answer."),
                 io.Int.Input("steps", default=DEFAULT_STEPS, min=1, max=MAX_STEPS, tooltip="Per try; release 28."),
                 io.Float.Input("cfg", default=DEFAULT_CFG, min=0.0, max=100.0, step=0.1, round=0.01,

@@ -25,6 +25,7 @@ from .v12_runtime import V12_RELEASE, branch_from_conditioning, sample_v12
 logger = logging.getLogger(__name__)
 
 DEFAULT_SEED = 42      # official CLI default (SPEC.md §6)
+MAX_SEED = 0xFFFFFFFFFFFFFFFF  # core KSampler's seed range (64 bits)
 DEFAULT_STEPS = 28     # official default
 DEFAULT_CFG = 6.0      # official default
 MAX_STEPS = 1000
@@ -108,7 +109,7 @@ class Step1XSampler(io.ComfyNode):
                 io.Latent.Input("empty_latent", optional=True,
                                 tooltip="Text-to-image only (v1.1): size and batch from EmptySD3LatentImage, "
                                         "e.g. 1024×1024; sides multiples of 16."),
-                io.Int.Input("seed", default=DEFAULT_SEED, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                io.Int.Input("seed", default=DEFAULT_SEED, min=0, max=MAX_SEED, control_after_generate=True,
                              tooltip="Noise seed (CPU generator: the same seed gives the same noise on any device). "
                                      "Official default 42."),
                 io.Int.Input("steps", default=DEFAULT_STEPS, min=1, max=MAX_STEPS,

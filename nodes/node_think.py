@@ -10,7 +10,7 @@ from comfy_api.latest import io
 from ..model.thinker import MalformedAnswer, Thinker
 from ..model.vlm_image import image_tensor_to_pil
 from .common import CATEGORY
-from .node_sampler import DEFAULT_SEED
+from .node_sampler import DEFAULT_SEED, MAX_SEED
 from .node_v12 import Step1XVLM
 from .v12_runtime import V12VLM, SeededVLM
 
@@ -30,7 +30,7 @@ class Step1XThink(io.ComfyNode):
                 io.Image.Input("image", tooltip="The image the instruction is about (first frame of a batch)."),
                 io.String.Input("instruction", multiline=True, default="",
                                 tooltip="The instruction to rewrite, e.g. 'make this look like winter'."),
-                io.Int.Input("seed", default=DEFAULT_SEED, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                io.Int.Input("seed", default=DEFAULT_SEED, min=0, max=MAX_SEED, control_after_generate=True,
                              tooltip="Sampling seed: one seed, one answer."),
             ],
             outputs=[io.String.Output(display_name="instruction", tooltip="The rewritten instruction.")],

@@ -17,9 +17,9 @@ from ..model.attention import BACKENDS
 from ..model.checkpoint import CheckpointError
 from ..model.vlm_image import image_tensor_to_pil
 from ..model.vlm_v12_encode import encode_v12, vlm_source_image
-from .common import CATEGORY
+from .common import CATEGORY, MAX_SIZE_LEVEL, MIN_SIZE_LEVEL, SIZE_LEVEL_STEP
 from .node_loader import MODEL_FOLDER, WEIGHT_DTYPES, load_step1x_model
-from .node_vlm_encode import HF_FOLDER_ROOT, MAX_SIZE_LEVEL, MIN_SIZE_LEVEL, SIZE_LEVEL_STEP, list_hf_folders
+from .node_vlm_encode import HF_FOLDER_ROOT, list_hf_folders
 from .v12_runtime import V12VLM, list_model_folders, to_conditioning
 from .vlm_v12_hf import locate_v12_text_encoder
 

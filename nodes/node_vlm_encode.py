@@ -19,13 +19,12 @@ from comfy_api.latest import io
 from ..model.image_io import INPUT_RESAMPLE
 from ..model.vlm_image import image_tensor_to_pil, llm_grid_hw, resize_for_vlm
 from ..model.vlm_prompt import FLASH_PADDING_BY_RELEASE, MAX_LENGTH, Qwen25VLRunner, encode_prompt
-from .common import CATEGORY, CONDITIONING_MARKER, DEFAULT_RELEASE, DEFAULT_RESIZE_FILTER
+from .common import (CATEGORY, CONDITIONING_MARKER, DEFAULT_RELEASE, DEFAULT_RESIZE_FILTER, DEFAULT_SIZE_LEVEL,
+                     MAX_SIZE_LEVEL, MIN_SIZE_LEVEL, SIZE_LEVEL_STEP)
 from .vlm_hf import HFQwen25VL, check_hf_folder
 
 HF_FOLDER_ROOT = "text_encoders"  # folder_paths key the Hugging Face folders are listed from
 NO_HF_FOLDER = "none"
-DEFAULT_SIZE_LEVEL = 512  # official default; the Gradio app suggests 512, 768, 1024
-MIN_SIZE_LEVEL, MAX_SIZE_LEVEL, SIZE_LEVEL_STEP = 256, 2048, 16
 
 _hf_models: dict[tuple[str, torch.dtype], comfy.model_patcher.ModelPatcher] = {}
 

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import comfy.model_management as mm
 import comfy.model_patcher
-import numpy as np
 import torch
 from PIL import Image
 
@@ -23,8 +22,9 @@ from ..model.checkpoint_folder import INDEX_SUFFIX, TRANSFORMER_SUBFOLDER
 from ..model.image_io import OUTPUT_RESAMPLE, resize_unit_to_size_level, unit_to_uint8
 from ..model.params import VERSIONS
 from ..model.sampling import LATENT_CHANNELS, get_schedule
+from ..model.vlm_image import pil_to_image_tensor
 from ..model.vlm_v12_encode import V12Encoding, encode_v12, vlm_source_image
-from .common import CONDITIONING_MARKER, U8_MAX
+from .common import CONDITIONING_MARKER
 from .dit_runtime import ACTIVATION_ELEMENTS_PER_TOKEN_PER_HIDDEN, run_compiled_or_eager
 from .vlm_v12_hf import HFQwen25VLV12, V12TextEncoderFolders
 
@@ -123,8 +123,7 @@ def sample_v12(model, cond: BranchText, uncond: BranchText, ref_latent: torch.Te
 def vae_pixels(image: Image.Image, size_level: int) -> torch.Tensor:
     """The v1.2 VAE input as a ComfyUI IMAGE ``[1, h, w, 3]``: torch bilinear with antialias on [0, 1]
     floats to the size-level size (``encode_image``; unlike the VLM's LANCZOS copy, V12.md §4)."""
-    pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / U8_MAX)[None]
-    return resize_unit_to_size_level(pixels, size_level)
+    return resize_unit_to_size_level(pil_to_image_tensor(image), size_level)
 
 
 def decoded_to_pil(decoded: torch.Tensor, size: tuple[int, int]) -> Image.Image:
