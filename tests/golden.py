@@ -1,4 +1,5 @@
-"""Access to the golden fixture folder (``STEP1X_GOLDEN_DIR``, default ``../shared/golden``).
+"""Access to the reference fixture folder: ``tests/fixtures/golden`` in this repository, or the folder
+``STEP1X_GOLDEN_DIR`` names.
 
 Every config, input and tolerance a parity test uses comes from the folder's ``manifest.json``;
 other fixture sets in the same format are run against the code, so nothing here may assume the
@@ -16,7 +17,8 @@ import torch
 from safetensors.torch import load_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-GOLDEN_DIR = Path(os.environ.get("STEP1X_GOLDEN_DIR", REPO_ROOT.parent / "shared" / "golden")).resolve()
+IN_REPO_GOLDEN_DIR = REPO_ROOT / "tests" / "fixtures" / "golden"
+GOLDEN_DIR = Path(os.environ.get("STEP1X_GOLDEN_DIR") or IN_REPO_GOLDEN_DIR).resolve()
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,7 @@ def _subsets(root: Path) -> list[FixtureSet]:
 def model_sets() -> tuple[FixtureSet, ...]:
     """The top-level set and every official-layout model subset its manifest lists (e.g. ``v1_1``).
 
-    Diffusers-layout sets (v1.2, V12.md §8) have another config format: :func:`diffusers_sets`.
+    Diffusers-layout sets (v1.2) have another config format: :func:`diffusers_sets`.
     """
     root = require_golden_dir()
     top = FixtureSet(root, json.loads((root / "manifest.json").read_text()))

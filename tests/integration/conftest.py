@@ -1,9 +1,8 @@
-"""A real ComfyUI 0.3.75 server for the whole session: --cpu, base directory in a temp folder,
+"""A real ComfyUI server (the tree ``STEP1X_COMFYUI`` names) for the whole test run: --cpu, base directory in a temp folder,
 this pack symlinked into custom_nodes/, tiny random weights in models/ under the official names.
 """
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -18,8 +17,8 @@ from queue_edit import ComfyClient  # noqa: E402
 from bad_files import import_comfy, write_bad_files  # noqa: E402
 from lora_files import write_tiny_loras  # noqa: E402
 
-WORK = Path(os.environ.get("STEP1X_WORK", REPO_ROOT / ".work"))
-COMFYUI_DIR = WORK / "ComfyUI"
+from tests.environment import COMFYUI_DIR, WORK_DIR as WORK  # noqa: E402
+
 PHOTO = REPO_ROOT / "workflows" / "input" / "chelsea_the_cat.png"
 # Previews through the FLUX Latent2RGB factors, so the sampler's preview path runs in every test.
 SERVER_ARGS = ("--cpu", "--preview-method", "latent2rgb")

@@ -9,10 +9,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from tests.environment import WORK_DIR as WORK
 from workflow_files import EXAMPLES_DIR, TEST_SIZE_LEVEL, TEST_STEPS, UI_DIR, api_workflow_names, load_api
 
 BROWSER_DIR = Path(__file__).resolve().parent / "browser"
-WORK = Path(os.environ.get("STEP1X_WORK", Path(__file__).resolve().parents[2] / ".work"))
 NODE_MODULES = WORK / "node" / "node_modules"
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 SCREENSHOT_DIR = WORK / "screenshots"

@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import sys
 
 import pytest
 import torch
 
-from tests.golden import REPO_ROOT, assert_close, model_sets
+from tests.golden import assert_close, model_sets
+from tests.unit.comfy_support import import_node_module
 from tests.unit.vlm_support import import_pack_module
 
-COMFYUI_DIR = REPO_ROOT / os.environ.get("STEP1X_WORK", ".work") / "ComfyUI"
 LORA_FILE = "lora.safetensors"
 MERGED_FILE = "lora_merged.safetensors"
 LORA_SETS = [s for s in model_sets() if s.has(LORA_FILE) and s.has(MERGED_FILE)]
@@ -35,16 +33,7 @@ FP8_ROUNDING_STEPS = 2
 @pytest.fixture(scope="module")
 def comfy():
     """ComfyUI importable on CPU; returns the pack's LoRA node module."""
-    if not (COMFYUI_DIR / "comfy").is_dir():
-        pytest.fail(f"ComfyUI not found at {COMFYUI_DIR}: run scripts/setup_env.sh (or set STEP1X_WORK)")
-    if str(COMFYUI_DIR) not in sys.path:
-        sys.path.append(str(COMFYUI_DIR))
-    from comfy.cli_args import args
-
-    args.cpu = True
-    import comfy.model_management  # noqa: F401  (after args.cpu)
-
-    return import_pack_module("nodes.node_lora")
+    return import_node_module("nodes.node_lora")
 
 
 @pytest.fixture(scope="module", params=LORA_SETS, ids=[s.version for s in LORA_SETS])

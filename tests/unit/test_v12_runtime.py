@@ -3,7 +3,6 @@ folder listing, the seeded VLM adapter, and a two-try reasoning edit through the
 (tiny DiT and VLM from scripts/make_tiny_v1_2.py, a stand-in VAE, scripted judge answers)."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -13,22 +12,15 @@ import torch
 from PIL import Image
 
 from tests.golden import REPO_ROOT
+from tests.unit.comfy_support import import_node_module
 from tests.unit.vlm_support import import_pack_module
 
-COMFYUI_DIR = REPO_ROOT / os.environ.get("STEP1X_WORK", ".work") / "ComfyUI"
 PHOTO = REPO_ROOT / "workflows" / "input" / "chelsea_the_cat.png"
 
 
 @pytest.fixture(scope="module")
 def runtime():
-    if not (COMFYUI_DIR / "comfy").is_dir():
-        pytest.fail(f"ComfyUI not found at {COMFYUI_DIR}: run scripts/setup_env.sh (or set STEP1X_WORK)")
-    if str(COMFYUI_DIR) not in sys.path:
-        sys.path.append(str(COMFYUI_DIR))
-    from comfy.cli_args import args
-
-    args.cpu = True
-    return import_pack_module("nodes.v12_runtime")
+    return import_node_module("nodes.v12_runtime")
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +40,7 @@ def test_vae_pixels_are_the_bilinear_antialiased_float_image(runtime):
     expected = torch.nn.functional.interpolate(source, (height, width), mode="bilinear", antialias=True)
     assert torch.equal(pixels, expected.permute(0, 2, 3, 1).clamp(0, 1))
     lanczos = np.asarray(image.resize((width, height), Image.Resampling.LANCZOS), dtype=np.float32) / 255
-    assert not np.allclose(pixels[0].numpy(), lanczos, atol=1 / 255), "VAE and VLM copies must differ (V12.md §3)"
+    assert not np.allclose(pixels[0].numpy(), lanczos, atol=1 / 255), "VAE and VLM copies must differ"
 
 
 def test_decoded_image_is_rounded_and_resized_back(runtime):

@@ -2,24 +2,21 @@
 
 ComfyUI's real Qwen tokenizer must give the fixtures' ids; a tiny model built from ComfyUI's own
 Qwen2.5-VL classes (sizes from the fixture folder's config.json, weights from its safetensors)
-must reproduce every golden ``vlm/`` case (spec/VLM.md §7 "Testing on the tiny model").
+must reproduce every golden ``vlm/`` case.
 """
 from __future__ import annotations
 
 import json
-import os
-import sys
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.golden import REPO_ROOT
+from tests.unit.comfy_support import import_node_module
 from tests.unit.vlm_support import (VLM_DIR, assert_v11_sdpa_semantics, case_names, import_pack_module, load_case, max_abs_error,
                                     tolerance, window)
 
-COMFYUI_DIR = REPO_ROOT / os.environ.get("STEP1X_WORK", ".work") / "ComfyUI"
 TINY_FOLDER = VLM_DIR / "tiny-qwen25vl"
 
 P = import_pack_module("model.vlm_prompt")
@@ -29,16 +26,7 @@ I = import_pack_module("model.vlm_image")
 @pytest.fixture(scope="module")
 def vlm_comfy():
     """ComfyUI importable on CPU; returns the pack's ComfyUI route module."""
-    if not (COMFYUI_DIR / "comfy").is_dir():
-        pytest.fail(f"ComfyUI not found at {COMFYUI_DIR}: run scripts/setup_env.sh (or set STEP1X_WORK)")
-    if str(COMFYUI_DIR) not in sys.path:
-        sys.path.append(str(COMFYUI_DIR))
-    from comfy.cli_args import args
-
-    args.cpu = True
-    import comfy.model_management  # noqa: F401  (after args.cpu)
-
-    return import_pack_module("nodes.vlm_comfy")
+    return import_node_module("nodes.vlm_comfy")
 
 
 def _tiny_clip():
