@@ -1,9 +1,9 @@
 """cuDNN attention at the 1024² edit shape for the q/k/v layouts the DiT can hand it (device only).
 
 The compiled loop's attention runs at ≈ 582 TFLOP/s (profile_step.py) against 683 for contiguous inputs
-in shared/perf-anchors.md. This separates layout from sustained-load effects: each layout timed alone,
-then interleaved with the single block's big GEMMs. ``python benchmarks/bench_attention_layouts.py --out DIR``
-writes ``attention-<date>.json``. Not a test.
+measured alone on the same card type (H100). This separates layout from sustained-load effects: each
+layout timed alone, then interleaved with the single block's big GEMMs.
+``python benchmarks/bench_attention_layouts.py --out DIR`` writes ``attention-<date>.json``. Not a test.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.functional import scaled_dot_product_attention
 
-BATCH, HEADS, HEAD_DIM = 2, 24, 128          # CFG batch, full-size heads (SPEC.md §1)
+BATCH, HEADS, HEAD_DIM = 2, 24, 128          # CFG batch, full-size heads (official ``Step1XParams``)
 TOKENS = 640 + 2 * 4096                      # text + noise + reference tokens at 1024²
 GEMM_ROWS, GEMM_IN, GEMM_OUT = BATCH * TOKENS, 3072, 12288  # the single block's MLP GEMM
 REPEAT = 20

@@ -26,7 +26,7 @@ from model.params import FULL_SIZE  # noqa: E402
 from model.sampling import SamplingInputs, get_schedule, make_noise, sample  # noqa: E402
 
 GIB = 1024**3
-TEXT_TOKENS = 640  # the official text window (SPEC.md §1)
+TEXT_TOKENS = 640  # the official text window (``ImageGenerator`` ``max_length``)
 CFG_BATCH = 2
 WEIGHT_STD = 0.02
 

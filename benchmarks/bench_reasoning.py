@@ -1,7 +1,8 @@
 """One v1.2 reasoning-edit try on one GPU with the 7B VLM and the 12B DiT sharing the card.
 
-A try (V12.md §5) = the thinker rewrites the instruction (VLM generation with the image), the edit
-(VLM encode of two rows, 28 DiT steps at 1024², CFG) and the judge (VLM generation with both images).
+A try (the release's reflection loop, ``Step1XEditPipelineV1P2.__call__``) = the thinker rewrites the
+instruction (VLM generation with the image), the edit (VLM encode of two rows, 28 DiT steps at 1024²,
+CFG) and the judge (VLM generation with both images).
 Random full-size weights; generation lengths are fixed (min = max new tokens) because random weights
 never stop on their own. Device only:
     python benchmarks/bench_reasoning.py --out DIR [--dit bf16 fp8] [--compile]

@@ -1,9 +1,10 @@
 """Sampling with one DiT call per CFG branch: cond and uncond text of different lengths (v1.2).
 
 v1.2's encoder keeps no padding and gives each prompt its own Qwen-derived text ids, quoted-token
-embeddings and mask (V12.md §3), so cond and uncond cannot share a batch without padding. Padding
-would change the result: the DiT's joint attention has no key mask, and padded text tokens would be
-attended. The release runs two batch-1 calls per step (V12.md §4); so does :func:`sample_per_branch`.
+embeddings and mask (diffusers fork ``pipeline_step1x_edit_v1p2.py`` ``encode_prompt``), so cond and
+uncond cannot share a batch without padding. Padding would change the result: the DiT's joint
+attention has no key mask, and padded text tokens would be attended. The release runs two batch-1
+calls per step (``Step1XEditPipelineV1P2.__call__``); so does :func:`sample_per_branch`.
 The work per step equals the batched call's (same tokens, same matmuls).
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ from .sampling import StepCallback, denoise, pack_latent, sequence_ids, unpack_l
 
 @dataclass(frozen=True)
 class BranchText:
-    """One CFG branch's text, batch 1 (the fork's ``TextEmbedderOutput``, V12.md §3).
+    """One CFG branch's text, batch 1 (the fork's ``TextEmbedderOutput`` from ``encode_prompt``).
 
     embedding: last VLM hidden states ``[1, L, D]``; mask: ``[1, L]`` (all ones in v1.2);
     txt_ids: RoPE ids ``[L, 3]`` float32; text_embeds: VLM input embeddings ``[1, L, D]`` and

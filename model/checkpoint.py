@@ -2,7 +2,8 @@
 
 Safetensors only (pickle can run code). The header is read first, so a wrong or truncated file is
 reported before any tensor is read; tensors are then streamed one at a time and converted on the way
-(SPEC.md §2 official layout; V12.md §1 diffusers layout; SPEC.md §12.3 version detection).
+(official layout: the module paths of ``modules/model_edit.py`` ``Step1XEdit``; diffusers layout: the fork's
+``scripts/convert_step1x_edit_to_diffusers.py``; the version is read from the keys, see :mod:`model.params`).
 """
 from __future__ import annotations
 
@@ -20,10 +21,22 @@ SAFETENSORS_HEADER_LIMIT = 100 * 1024 * 1024  # the safetensors format caps its 
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 FP8_MAX = 448.0  # largest finite float8_e4m3fn value
 # Per-tensor weight scales: ComfyUI's scaled-fp8 files use "<layer>.scale_weight" plus an empty
-# "scaled_fp8" marker; other community files use "<layer>.weight_scale".
+# "scaled_fp8" marker; ComfyUI's per-layer quantized files (comfy/ops.py _quantized_weight_state_dict)
+# and other community files use "<layer>.weight_scale".
 SCALE_SUFFIXES = (".scale_weight", ".weight_scale")
 SCALED_FP8_MARKER = "scaled_fp8"
-INPUT_SCALE_SUFFIX = ".scale_input"
+# Activation scales (scaled-fp8 and per-layer names): unused, activations are cast to fp8 unscaled.
+INPUT_SCALE_SUFFIXES = (".scale_input", ".input_scale")
+# ComfyUI's per-layer quantized layout (comfy/ops.py _quantized_weight_state_dict writes it,
+# _load_quantized_module reads it): "<layer>.weight" quantized, "<layer>.weight_scale", and
+# "<layer>.comfy_quant", the layer's format as UTF-8 JSON in a uint8 tensor. The fp8 format's name is
+# comfy/quant_ops.py QUANT_ALGOS'.
+QUANT_FORMAT_SUFFIX = ".comfy_quant"
+COMFY_QUANT_SCALE_SUFFIX = ".weight_scale"
+COMFY_FP8_FORMAT = "float8_e4m3fn"
+# safetensors dtypes of quantized Linear weights other than fp8 (ComfyUI's nvfp4 packs two values per
+# byte in U8, its int8 and int4 formats store I8: comfy/quant_ops.py QUANT_ALGOS storage_t).
+NON_FP8_QUANT_DTYPES = ("U8", "I8")
 OFFICIAL_MARKERS = ("connector.S.input_embedder.weight", "double_blocks.0.img_attn.qkv.weight")
 DIFFUSERS_MARKERS = ("connector.S.input_embedder.weight", "x_embedder.weight")
 
@@ -135,12 +148,29 @@ def detect_layout(path: str, records: dict[str, TensorRecord]) -> CheckpointLayo
         layout = "diffusers"
     else:
         raise CheckpointError(f"{os.path.basename(path)} is not a Step1X-Edit DiT: {describe_other_family(stripped)}.")
+    quantized = sorted(k[: -len(QUANT_FORMAT_SUFFIX)] for k in stripped if k.endswith(QUANT_FORMAT_SUFFIX))
+    other_formats = [k for k in quantized
+                     if getattr(records.get(prefix + k + ".weight"), "dtype", None) in NON_FP8_QUANT_DTYPES]
+    if other_formats:
+        raise CheckpointError(
+            f"{os.path.basename(path)} holds {len(other_formats)} layers quantized to a ComfyUI format other than fp8 "
+            f"(e.g. {other_formats[0]}, stored {records[prefix + other_formats[0] + '.weight'].dtype}); Load Step1X Model "
+            "reads bf16, fp16, fp32 and fp8 files. Use the bf16 file, or its fp8 conversion "
+            "(scripts/convert_to_comfy_fp8.py)."
+        )
     fp8_scaled = any(k.endswith(SCALE_SUFFIXES) for k in stripped)
     return CheckpointLayout(prefix, layout, fp8_scaled)
 
 
+def comfy_quant_entry(layer_format: str) -> torch.Tensor:
+    """A layer's ``comfy_quant`` tensor as ComfyUI writes it: ``json.dumps({"format": ...})`` in UTF-8 bytes."""
+    return torch.tensor(list(json.dumps({"format": layer_format}).encode("utf-8")), dtype=torch.uint8)
+
+
 def is_scale_key(key: str) -> bool:
-    return key.endswith(SCALE_SUFFIXES) or key.endswith(INPUT_SCALE_SUFFIX) or key == SCALED_FP8_MARKER
+    """Quantization side data of a layer (scales, format, the scaled-fp8 marker), not a model tensor."""
+    return (key.endswith(SCALE_SUFFIXES) or key.endswith(INPUT_SCALE_SUFFIXES) or key.endswith(QUANT_FORMAT_SUFFIX)
+            or key == SCALED_FP8_MARKER)
 
 
 def weight_key_of_scale(key: str) -> str:

@@ -3,8 +3,9 @@
 Step1X-Edit v1.1-diffusers and v1.2 ship the DiT as ``transformer/`` with
 ``diffusion_pytorch_model-0000k-of-0000n.safetensors`` shards and a
 ``diffusion_pytorch_model.safetensors.index.json`` whose ``weight_map`` names the shard of every
-tensor (V12.md §1, §7). :func:`resolve_dit_files` accepts the file, the index, the ``transformer/``
-folder or the pipeline folder above it; :func:`read_headers` merges the shards' headers.
+tensor (the diffusers ``from_pretrained`` layout of the v1.2 release). :func:`resolve_dit_files`
+accepts the file, the index, the ``transformer/`` folder or the pipeline folder above it;
+:func:`read_headers` merges the shards' headers.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 
 from .checkpoint import CheckpointError, TensorRecord, read_header
 
-TRANSFORMER_SUBFOLDER = "transformer"  # diffusers pipeline folder layout (V12.md §1)
+TRANSFORMER_SUBFOLDER = "transformer"  # diffusers pipeline folder layout (model_index.json + subfolders)
 INDEX_SUFFIX = ".safetensors.index.json"
 SAFETENSORS_SUFFIX = ".safetensors"
 WEIGHT_MAP_KEY = "weight_map"

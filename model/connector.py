@@ -1,4 +1,4 @@
-"""Connector: Qwen2.5-VL hidden states → DiT text tokens + pooled vector (SPEC.md §4).
+"""Connector: Qwen2.5-VL hidden states → DiT text tokens + pooled vector.
 
 Official ``modules/connector_edit.py`` ``Qwen2Connector``, built on HunyuanVideo's timestep-aware
 token refiner. Shapes: B batch, L text length (640), D VLM width (3584), C connector width (4096).
@@ -14,7 +14,7 @@ from .attention import masked_attention
 from .layers import NORM_EPS, TIME_FACTOR, timestep_embedding
 from .params import POOLED_DIM, TIME_EMBED_DIM, ConnectorParams
 
-SCALE_FACTOR_INIT = -0.91  # v1.0's learned pooled-vector scale starts here (SPEC.md §4 step 2)
+SCALE_FACTOR_INIT = -0.91  # v1.0's learned pooled-vector scale starts here (official ``Qwen2Connector.__init__``)
 
 
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
@@ -116,7 +116,8 @@ class SingleTokenRefiner(nn.Module):
 class Qwen2Connector(nn.Module):
     """``(llm_embedding [B, L, D], t [B], mask [B, L])`` → ``(txt [B, L, C], y [B, 768])``.
 
-    ``with_scale_factor``: v1.0 multiplies the pooled input by ``1 + scale_factor`` (SPEC.md §12.1 #1).
+    ``with_scale_factor``: v1.0 multiplies the pooled input by ``1 + scale_factor`` (official
+    ``Qwen2Connector.forward``; the v1.1 code creates ``scale_factor`` only for ``version == 'v1.0'``).
     """
 
     def __init__(self, p: ConnectorParams, with_scale_factor: bool, dtype=None, device=None, operations=nn):

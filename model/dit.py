@@ -1,7 +1,8 @@
-"""The Step1X-Edit DiT: connector + FLUX-style double/single stream blocks (SPEC.md §5).
+"""The Step1X-Edit DiT: connector + FLUX-style double/single stream blocks.
 
 Official ``modules/model_edit.py`` ``Step1XEdit``. Parameter names equal the checkpoint keys. v1.2
-adds ``text_token_mapping`` (V12.md §2): quoted tokens' VLM input embeddings, mapped to the connector
+adds ``text_token_mapping`` (diffusers fork ``transformer_step1x_edit.py``
+``Step1XEditTransformer2DModel``): quoted tokens' VLM input embeddings, mapped to the connector
 width, are added to the connector output before ``txt_in``.
 """
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Pixel-side pre/post-processing of the official pipelines (SPEC.md §6.1, §6.2, §6.6, §12.1 #6; V12.md §4).
+"""Pixel-side pre/post-processing of the official pipelines (``inference.py``
+``ImageGenerator.input_process_image``, ``output_process_image`` and the decode in ``generate_image``;
+v1.2: the diffusers fork's ``pipeline_step1x_edit_v1p2.py`` ``encode_image`` and its ``VaeImageProcessor``
+post-processing).
 
 Images here are uint8 ``[H, W, 3]`` numpy arrays, except the v1.2 resize, which works on float images
 ``[B, H, W, 3]`` in [0, 1]. PIL resampling matches the reference only with the Pillow release the
@@ -14,16 +17,16 @@ from torch.nn import functional as F
 from .sampling import size_for_level
 
 # v1.0 used PIL's default filter for resize (bicubic); the v1.1 code switched the input resize to
-# LANCZOS; the output is resized back with the default (bicubic) in every release (SPEC.md §12.1 #6,
-# §6.6; V12.md §0 "PIL's default filter").
+# LANCZOS; the output is resized back with the default (bicubic) in every release (official
+# ``ImageGenerator.input_process_image`` / ``output_process_image``; the diffusers pipelines' resize back).
 INPUT_RESAMPLE = {"bicubic": Image.BICUBIC, "lanczos": Image.LANCZOS}
-# v1.2 resizes the VAE input with torch bilinear + antialias on [0, 1] floats (V12.md §4).
+# v1.2 resizes the VAE input with torch bilinear + antialias on [0, 1] floats (fork ``encode_image``).
 BILINEAR_ANTIALIAS = "bilinear-antialias"
 RESIZE_FILTERS = (*INPUT_RESAMPLE, BILINEAR_ANTIALIAS)
 OUTPUT_RESAMPLE = Image.BICUBIC
 U8_MAX = 255
-# 8-bit conversion of the decoded image: truncated in v1.0 / v1.1 (SPEC.md §6.6, ``to_pil_image``), rounded
-# in v1.2 (diffusers ``VaeImageProcessor.numpy_to_pil``: ``(images * 255).round()``).
+# 8-bit conversion of the decoded image: truncated in v1.0 / v1.1 (official ``generate_image``,
+# ``to_pil_image``), rounded in v1.2 (diffusers ``VaeImageProcessor.numpy_to_pil``: ``(images * 255).round()``).
 ROUNDINGS = ("truncate", "round")
 DEFAULT_ROUNDING = "truncate"
 
@@ -37,7 +40,7 @@ def resize_to_size_level(image: np.ndarray, size_level: int, resample: str = "bi
 
 def resize_unit_to_size_level(pixels: torch.Tensor, size_level: int) -> torch.Tensor:
     """v1.2's VAE-input resize: float images ``[B, H, W, 3]`` in [0, 1] → the working size, torch bilinear
-    with antialias, no 8-bit step in between (``encode_image``, V12.md §4)."""
+    with antialias, no 8-bit step in between (the fork's ``encode_image``)."""
     new_w, new_h = size_for_level(pixels.shape[2], pixels.shape[1], size_level)
     resized = F.interpolate(pixels.permute(0, 3, 1, 2).float(), (new_h, new_w), mode="bilinear", antialias=True)
     return resized.permute(0, 2, 3, 1).clamp(0, 1)

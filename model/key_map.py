@@ -1,4 +1,5 @@
-"""Diffusers → official key map of the Step1X-Edit transformer (V12.md §1).
+"""Diffusers → official key map of the Step1X-Edit transformer (the inverse of the diffusers fork's
+``scripts/convert_step1x_edit_to_diffusers.py`` ``convert_step1x_edit_transformer_checkpoint_to_diffusers``).
 
 The diffusers layout splits fused projections (double-block qkv into q/k/v, single-block ``linear1``
 into q/k/v/mlp) and stores the final-layer modulation as (scale, shift) instead of (shift, scale).
@@ -52,6 +53,8 @@ _TOP = {
     "norm_out.linear": "final_layer.adaLN_modulation.1",
 }
 _BLOCKS = {"transformer_blocks": ("double_blocks", _DOUBLE), "single_transformer_blocks": ("single_blocks", _SINGLE)}
+# Official block stack → its diffusers name ("double_blocks" → "transformer_blocks"), for messages.
+DIFFUSERS_BLOCK_STACKS = {official: diffusers for diffusers, (official, _) in _BLOCKS.items()}
 FINAL_MODULATION = "final_layer.adaLN_modulation.1."
 
 
@@ -121,7 +124,7 @@ def _split_rows(tensor: torch.Tensor, parts: int, hidden: int) -> tuple[torch.Te
 
 
 def official_to_diffusers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The diffusers-layout state dict of an official one (inverse of :func:`group_official`, V12.md §1)."""
+    """The diffusers-layout state dict of an official one (inverse of :func:`group_official`)."""
     hidden = state["img_in.weight"].shape[0]
     out: dict[str, torch.Tensor] = {}
     for key, tensor in state.items():

@@ -1,4 +1,5 @@
-"""DiT building blocks (official ``modules/layers.py``; SPEC.md §5.1–§5.5).
+"""DiT building blocks (official ``modules/layers.py``: ``Modulation``, ``QKNorm``, ``DoubleStreamBlock``,
+``SingleStreamBlock``, ``LastLayer``; ``modules/model_edit.py`` ``Step1XEdit.timestep_embedding``).
 
 Every layer takes ``dtype``, ``device`` and ``operations`` (default ``torch.nn``) like ComfyUI's
 ``comfy/ldm/flux``, so ComfyUI can hand in ``comfy.ops`` for fp8 storage and low-VRAM streaming.
@@ -15,15 +16,16 @@ from torch.nn import functional as F
 
 from .attention import attention
 
-NORM_EPS = 1e-6  # every norm in the official model (SPEC.md §1)
-TIME_FACTOR = 1000.0  # t ∈ [0, 1] is scaled to [0, 1000] before the sinusoid (SPEC.md §5.1)
+NORM_EPS = 1e-6  # every norm in the official model (``modules/layers.py``)
+TIME_FACTOR = 1000.0  # t ∈ [0, 1] is scaled to [0, 1000] before the sinusoid (``Step1XEdit.timestep_embedding``)
 MAX_PERIOD = 10_000
 
 
 def timestep_embedding(t: Tensor, dim: int, time_factor: float = TIME_FACTOR) -> Tensor:
     """Sinusoid ``[cos(u·f), sin(u·f)]``, ``u = time_factor·t``, ``f_k = exp(−ln(10000)·k/(dim/2))``.
 
-    ``t [B]`` → ``[B, dim]`` in float32 arithmetic, returned in ``t``'s dtype (SPEC.md §5.1).
+    ``t [B]`` → ``[B, dim]`` in float32 arithmetic, returned in ``t``'s dtype (official
+    ``Step1XEdit.timestep_embedding``).
     """
     t = time_factor * t
     half = dim // 2
@@ -36,6 +38,12 @@ def timestep_embedding(t: Tensor, dim: int, time_factor: float = TIME_FACTOR) ->
 def layer_norm_f32(x: Tensor) -> Tensor:
     """Parameter-free LayerNorm computed in float32 (autocast does the same in the official run)."""
     return F.layer_norm(x.float(), (x.shape[-1],), eps=NORM_EPS)
+
+
+def is_linear(module: nn.Module) -> bool:
+    """``nn.Linear``, or an ``operations.Linear`` built on plain ``nn.Module`` that has its shape as
+    ``in_features`` / ``out_features`` (ComfyUI's mixed-precision Linear, whose weight may be quantized)."""
+    return isinstance(module, nn.Linear) or (hasattr(module, "in_features") and hasattr(module, "out_features"))
 
 
 def uses_stored_weights(linear: nn.Module, x: Tensor, plain_forwards: frozenset = frozenset()) -> bool:
@@ -107,7 +115,7 @@ class FusedEpilogues:
 
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     """``(1 + scale) ⊙ LN(x) + shift`` in float32, cast back to the stream dtype for the next Linear."""
-    return ((1 + scale.float()) * layer_norm_f32(x) + shift.float()).to(x.dtype)
+    return torch.addcmul(shift.float(), layer_norm_f32(x), 1 + scale.float()).to(x.dtype)  # one pass, not two
 
 
 class MLPEmbedder(nn.Module):
@@ -121,16 +129,18 @@ class MLPEmbedder(nn.Module):
 
 
 class RMSNorm(nn.Module):
-    """RMSNorm with liger's "gemma" casting: all in float32, weight used as is (SPEC.md §5.2)."""
+    """RMSNorm with liger's "gemma" casting: all in float32, weight used as is (official ``modules/layers.py``
+    ``RMSNorm``, which calls liger-kernel's ``LigerRMSNormFunction`` with offset 0)."""
 
     def __init__(self, dim: int, dtype=None, device=None):
         super().__init__()
         self.scale = nn.Parameter(torch.empty(dim, dtype=dtype, device=device))
 
     def forward(self, x: Tensor) -> Tensor:
-        x32 = x.float()
+        """``x·rsqrt(mean(x²) + ε)·w`` in float32 over the last axis. ``F.rms_norm`` is one fused kernel on
+        CUDA, like liger's, where the same maths as separate ops would pass over q and k about ten times."""
         weight = self.scale.to(device=x.device, dtype=x.dtype).float()
-        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + NORM_EPS) * weight).to(x.dtype)
+        return F.rms_norm(x.float(), (x.shape[-1],), weight, NORM_EPS).to(x.dtype)
 
 
 class QKNorm(nn.Module):

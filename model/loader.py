@@ -1,4 +1,6 @@
-"""Load a Step1X-Edit DiT from safetensors (SPEC.md §2, §9 #12, §12.3; V12.md §1).
+"""Load a Step1X-Edit DiT from safetensors (official ``inference.py`` ``load_models`` / ``load_state_dict``; the
+diffusers fork's transformer layout). Unlike the official ``load_state_dict(strict=False)``, loading is strict:
+a missing or unexpected key is an error.
 
 The DiT is one file (official or diffusers key layout, any prefix) or a diffusers ``transformer/``
 folder of shards (:mod:`model.checkpoint_folder`). :func:`inspect_checkpoint` reads only the headers:
@@ -11,8 +13,10 @@ one at a time, so a 12B model never sits in RAM twice and nothing is left half-l
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections import Counter
+from collections.abc import Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass
 
@@ -32,8 +36,9 @@ from .checkpoint import (
 )
 from .checkpoint_folder import read_headers, resolve_dit_files
 from .dit import Step1XEdit
-from .key_map import Source, group_official, identity_sources
-from .params import FULL_SIZE, V10_ONLY_KEY, Step1XParams, detect_params, with_version
+from .key_map import DIFFUSERS_BLOCK_STACKS, Source, group_official, identity_sources
+from .layers import is_linear
+from .params import V10_ONLY_KEY, DiTParams, Step1XParams, block_indices, detect_params, with_version
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +46,10 @@ FP8_SCALE_KEY = "scale_weight"  # ComfyUI's scaled-fp8 parameter name (comfy.ops
 # Only the 19 + 38 blocks are stored in fp8 when asked: they hold 11.9 of the 12.4 B parameters;
 # embedders, connector and final layer stay in the compute dtype (as ComfyUI's fp8 FLUX files do).
 FP8_BLOCK_PREFIXES = ("double_blocks.", "single_blocks.")
+# The released DiT (official ``load_models`` ``Step1XParams``; the v1.2 fork's transformer config has the same
+# num_layers / num_single_layers): width 3072 with 19 double and 38 single blocks, in every release.
+RELEASE_BLOCKS = DiTParams()
+BLOCK_STACKS = {"double_blocks": RELEASE_BLOCKS.depth, "single_blocks": RELEASE_BLOCKS.depth_single_blocks}
 
 
 @dataclass(frozen=True)
@@ -49,7 +58,7 @@ class CheckpointInfo:
     name: str  # the file or folder name, for messages
     params: Step1XParams
     layout: CheckpointLayout
-    stored_dtype: str  # safetensors dtype of most Linear weights ("BF16", "F8_E4M3", ...)
+    stored_dtype: str  # safetensors dtype of most weight elements ("BF16", "F8_E4M3", ...)
     sources: dict[str, Source]  # official key → file keys (prefix stripped)
     file_of: dict[str, str]  # file key (with prefix) → the safetensors file that holds it
 
@@ -79,6 +88,62 @@ def _expected_keys(params: Step1XParams) -> set[str]:
         return set(Step1XEdit(params).state_dict())
 
 
+def _ranges(indices: list[int]) -> str:
+    """Sorted block numbers as runs: ``[3, 5, 6, 7]`` → ``"3, 5–7"``."""
+    runs: list[list[int]] = []
+    for index in indices:
+        if runs and index == runs[-1][-1] + 1:
+            runs[-1].append(index)
+        else:
+            runs.append([index])
+    return ", ".join(str(r[0]) if len(r) == 1 else f"{r[0]}–{r[-1]}" for r in runs)
+
+
+def block_gaps(keys: Iterable[str], hidden_size: int | None) -> dict[str, tuple[list[int], list[int]]]:
+    """``stack → (missing block numbers, surplus block numbers)`` for each stack whose numbering is wrong.
+
+    ``keys`` are official keys. At the full width (``RELEASE_BLOCKS.hidden_size``) every release has
+    double blocks 0–18 and single blocks 0–37, so anything else is missing or surplus; narrower models
+    (tests) may have any count, numbered from 0 without gaps. Empty when the numbering is fine.
+    """
+    keys = list(keys)
+    gaps = {}
+    for stack, release_count in BLOCK_STACKS.items():
+        present = block_indices(keys, stack)
+        count = release_count if hidden_size == RELEASE_BLOCKS.hidden_size else max(present, default=-1) + 1
+        missing, surplus = sorted(set(range(count)) - present), sorted(present - set(range(count)))
+        if missing or surplus:
+            gaps[stack] = (missing, surplus)
+    return gaps
+
+
+def check_block_layout(name: str, keys: Iterable[str], hidden_size: int | None, layout: str = "official") -> None:
+    """Raise :class:`CheckpointError` naming the missing (or surplus) blocks when the numbering is not a
+    release's; ``layout`` "diffusers" names the stacks as that layout does (``transformer_blocks``)."""
+    gaps = block_gaps(keys, hidden_size)
+    if not gaps:
+        return
+
+    def shown(stack: str) -> str:
+        return DIFFUSERS_BLOCK_STACKS[stack] if layout == "diffusers" else stack
+
+    def phrase(stack: str, indices: list[int], what: str) -> str:
+        return f"{shown(stack)} {_ranges(indices)} {'is' if len(indices) == 1 else 'are'} {what}"
+
+    findings = [phrase(stack, indices, what) for stack, (missing, surplus) in gaps.items()
+                for indices, what in ((missing, "missing"), (surplus, "surplus")) if indices]
+    if hidden_size == RELEASE_BLOCKS.hidden_size:
+        expected = f"every Step1X-Edit release at width {hidden_size} has " + " and ".join(
+            f"{shown(stack)} 0–{count - 1}" for stack, count in BLOCK_STACKS.items())
+    else:
+        expected = "the blocks of each stack must be numbered from 0 without gaps"
+    if any(surplus for _, surplus in gaps.values()):
+        verdict = "is not a Step1X-Edit release's DiT (another model, or a damaged file)"
+    else:
+        verdict = "is damaged"
+    raise CheckpointError(f"{name} {verdict}: {'; '.join(findings)} ({expected}). Download the file again.")
+
+
 def inspect_checkpoint(
     path: str, connector_heads: int | None = None, version: str | None = None, axes_dim=None
 ) -> CheckpointInfo:
@@ -89,6 +154,7 @@ def inspect_checkpoint(
     layout = detect_layout(name, records)
     sources = _sources(records, layout)
     shapes = {k: _shape(records, layout.prefix, s) for k, s in sources.items()}
+    check_block_layout(name, shapes, shapes.get("img_in.weight", (None,))[0], layout.layout)
     try:
         params = detect_params(shapes, connector_heads, axes_dim)
     except KeyError as err:
@@ -97,14 +163,6 @@ def inspect_checkpoint(
         ) from None
     if version is not None:
         params = with_version(params, version)
-    full = FULL_SIZE[params.version].dit
-    if params.dit.hidden_size == full.hidden_size and (params.dit.depth, params.dit.depth_single_blocks) != (
-        full.depth, full.depth_single_blocks
-    ):
-        raise CheckpointError(
-            f"{name} has {params.dit.depth} double and {params.dit.depth_single_blocks} single blocks; the full-size "
-            f"Step1X-Edit has {full.depth} and {full.depth_single_blocks}. The file is incomplete: download it again."
-        )
     expected = _expected_keys(params)
     missing = sorted(expected - set(sources))
     unexpected = sorted(set(sources) - expected)
@@ -122,13 +180,17 @@ def inspect_checkpoint(
             f"{name} has {len(unexpected)} tensors that Step1X-Edit does not use (e.g. {', '.join(unexpected[:3])}). "
             "It is another model, or a Step1X-Edit file with extra parts; use the official DiT file."
         )
-    linear_dtypes = Counter(records[layout.prefix + s.keys[0]].dtype for k, s in sources.items()
-                            if k.endswith(".weight"))
+    # By element count: fp8 files keep the small layers (embedders, connector) in bf16, the blocks in fp8.
+    linear_dtypes = Counter()
+    for key, source in sources.items():
+        if key.endswith(".weight"):
+            record = records[layout.prefix + source.keys[0]]
+            linear_dtypes[record.dtype] += math.prod(record.shape)
     return CheckpointInfo(path, name, params, layout, linear_dtypes.most_common(1)[0][0], sources, file_of)
 
 
 def _linear_weight_keys(model: nn.Module) -> set[str]:
-    return {f"{name}.weight" for name, module in model.named_modules() if isinstance(module, nn.Linear)}
+    return {f"{name}.weight" for name, module in model.named_modules() if is_linear(module)}
 
 
 def read_state_dict(
@@ -181,7 +243,8 @@ def build_step1x_dit(
     fp8_storage: bool = False,
 ) -> Step1XEdit:
     """Build and fill the DiT that ``info`` (from :func:`inspect_checkpoint`) describes, without reading the
-    headers again. ``operations`` must provide ``scale_weight`` on Linear when ``fp8_storage``."""
+    headers again. ``operations``' Linear must take a ``scale_weight`` entry when ``fp8_storage``
+    (ComfyUI's fp8 layers as nodes/comfy_compat.py picks them, or :mod:`model.fp8`)."""
     with torch.device("meta"):
         model = Step1XEdit(info.params, dtype=dtype, operations=operations)
     state = read_state_dict(info, dtype, _linear_weight_keys(model), fp8_storage)

@@ -1,4 +1,4 @@
-"""Kohya-format Step1X-Edit LoRA files: parsing, checks and the official merge (SPEC.md §8).
+"""Kohya-format Step1X-Edit LoRA files: parsing, checks and the official merge.
 
 Official ``library/lora_module.py`` (``LoRANetwork``, ``create_network_from_weights``,
 ``LoRAInfModule.merge_to``). A file holds, per module, ``lora_unet_<module path with "." → "_">``
@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from .layers import is_linear
+
 # LoRANetwork.LORA_PREFIX_DIT / LORA_PREFIX_TEXT_ENCODER ("lora_te3" is the Qwen2.5-VL encoder there).
 DIT_PREFIX = "lora_unet_"
 TEXT_ENCODER_PREFIX = "lora_te"
@@ -29,7 +31,7 @@ KOHYA_SUFFIXES = (DOWN, UP, ALPHA)
 # LoRANetwork.DIT_TARGET_REPLACE_MODULE_{DOUBLE,SINGLE}: every Linear inside these blocks is a target.
 BLOCK_CONTAINERS = ("double_blocks.", "single_blocks.")
 # LoRANetwork in_dims filters: any other Linear whose kohya name contains one of these is a target
-# (SPEC.md §8: img_in, time_in.*, vector_in.*, txt_in; Step1X-Edit has no guidance_in).
+# (official ``LoRANetwork``: img_in, time_in.*, vector_in.*, txt_in; Step1X-Edit has no guidance_in).
 INPUT_LAYER_FILTERS = ("_img_in", "_time_in", "_vector_in", "_guidance_in", "_txt_in")
 EXAMPLES_SHOWN = 3
 
@@ -93,7 +95,7 @@ class ParsedLora:
     modules: official weight key → its LoRA, for every target module present in the file.
     ignored: kohya module names in the file the official loader skips silently (final layer,
         connector, names of no module of this model), sorted.
-    text_encoder: ``lora_te…`` module names (text-encoder LoRAs are out of scope, SPEC.md §8), sorted.
+    text_encoder: ``lora_te…`` module names (text-encoder LoRAs are not applied by this pack), sorted.
     """
 
     modules: dict[str, LoraWeights]
@@ -122,7 +124,7 @@ def linear_weight_shapes(model: nn.Module) -> dict[str, tuple[int, int]]:
     return {
         name: (module.out_features, module.in_features)
         for name, module in model.named_modules()
-        if isinstance(module, nn.Linear)
+        if is_linear(module)
     }
 
 
@@ -186,9 +188,9 @@ def _module_weights(name: str, tensors: Mapping[str, Tensor]) -> LoraWeights:
         raise LoraError(f"{name} has no {' or '.join(missing)}: the file is incomplete or damaged; download it again.")
     if ALPHA not in tensors:
         raise LoraError(
-            f"{name} has no .alpha. The official Step1X-Edit loader stops with an error on such files (SPEC.md §8: "
-            "alpha is required), and so does this node rather than guess the scale. If the trainer meant "
-            "alpha = rank, add '<module>.alpha' = rank tensors to the file."
+            f"{name} has no .alpha. The official Step1X-Edit loader stops with an error on such files "
+            "(library/lora_module.py: alpha is required), and so does this node rather than guess the scale. "
+            "If the trainer meant alpha = rank, add '<module>.alpha' = rank tensors to the file."
         )
     up, down = tensors[UP], tensors[DOWN]
     if up.ndim != 2 or down.ndim != 2 or up.shape[1] != down.shape[0]:

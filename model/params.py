@@ -1,29 +1,33 @@
 """Hyperparameters of the Step1X-Edit DiT and connector, presets, and detection from a state dict.
 
-Spec: SPEC.md §1 (full-size values), §2 (how the config follows from key names and shapes),
-§12.1 / §12.3 (what tells v1.1 from v1.0), V12.md §2–§4 and §6.2 (v1.2). A version is data:
+Upstream: official ``inference.py`` ``load_models`` (``Step1XParams``, full-size values) and
+``modules/connector_edit.py`` ``Qwen2Connector``; the v1.1 code's ``--version`` switches; for v1.2 the diffusers
+fork's ``transformer_step1x_edit.py`` and ``pipeline_step1x_edit_v1p2.py``. A version is data:
 :class:`VersionSwitches` holds the few behavioural differences, the network is the same.
 """
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-# Not stored in the checkpoint (SPEC.md §2): RoPE axes widths and base of the full model.
+# Not stored in the checkpoint: RoPE axes widths and base of the full model (official ``load_models``).
 FULL_SIZE_AXES_DIM = (16, 56, 56)
 ROPE_THETA = 10_000
-# Widths fixed by the official classes (SPEC.md §1): time-embedding features and pooled vector.
+# Widths fixed by the official classes (``Step1XEdit``, ``Qwen2Connector``): time-embedding features and pooled vector.
 TIME_EMBED_DIM = 256
 POOLED_DIM = 768
-# Connector heads are not inferable from shapes; the full connector has head dim 128 (SPEC.md §2).
+# Connector heads are not inferable from shapes; the full connector has head dim 128 (32 heads, ``Qwen2Connector``).
 CONNECTOR_HEAD_DIM = 128
 
-# Key that marks a v1.0 checkpoint: v1.1 dropped the pooled-vector scale factor (SPEC.md §12.3).
+# Key that marks a v1.0 checkpoint: v1.1 dropped the pooled-vector scale factor (v1.1
+# ``Qwen2Connector.__init__`` creates it only for v1.0; the official loader trusts ``--version`` instead).
 V10_ONLY_KEY = "connector.scale_factor"
-# Key that marks a v1.2 checkpoint: the quoted-token mapping, same name in both layouts (V12.md §1, §2).
+# Key that marks a v1.2 checkpoint: the quoted-token mapping, same name in both layouts (fork
+# ``Step1XEditTransformer2DModel``, ``enable_text_token_mapping``).
 V12_ONLY_KEY = "text_token_mapping.weight"
-# Norm-rescaled CFG thresholds on σ ∈ [0, 1] (SPEC.md §12.2, V12.md §6.2). 1.0 never triggers (v1.0);
+# Norm-rescaled CFG thresholds on σ ∈ [0, 1] (official ``ImageGenerator.denoise`` ``timesteps_truncate``; the
+# fork pipelines' ``__call__``). 1.0 never triggers (v1.0);
 # 0.93 is the official v1.1 rule; the diffusers fork compares σ·1000 with 0.93, i.e. σ > 0.00093,
 # which renormalises every step: what the v1.2 release does.
 RENORM_NEVER = 1.0
@@ -71,23 +75,26 @@ class ConnectorParams:
 
 @dataclass(frozen=True)
 class VersionSwitches:
-    """Everything that differs between releases that share the network (SPEC.md §12.1).
+    """Everything that differs between releases that share the network (the v1.1 code's ``version``
+    switches, the v1.2 fork pipeline).
 
     connector_scale_factor: pooled vector is ``global_proj_out(x̄·(1+s))`` (v1.0) or ``global_proj_out(x̄)``.
     ref_id_offset: reference tokens get ids ``(o, r+o, c+o)``; 0 in v1.0, 1 in v1.1; axis 0 only in v1.2.
     renorm_threshold: the release's default for norm-rescaled CFG, used on steps with ``t > threshold``;
         1.0 never triggers (v1.0), 0.93 is the v1.1 pipeline, 0.00093 (every step) the v1.2 release.
-    supports_text_to_image: v1.1 added generation without a reference image (SPEC.md §12.4).
+    supports_text_to_image: v1.1 added generation without a reference image (``generate_image`` with
+        ``ref_images=None``).
     ref_id_offset_spatial: whether ``ref_id_offset`` also shifts rows and columns; v1.2 gives the
-        reference tokens ``(1, r, c)`` (V12.md §4).
+        reference tokens ``(1, r, c)`` (fork ``prepare_latents``).
     text_token_mapping: the DiT adds a linear map of the VLM's input embeddings on quoted tokens to the
-        connector output (V12.md §2); the encoder then also yields those embeddings, their quote mask
-        and Qwen-derived text ids, with no padding, so cond and uncond have their own lengths (V12.md §3).
+        connector output (fork ``Step1XEditTransformer2DModel.forward``); the encoder then also yields
+        those embeddings, their quote mask and Qwen-derived text ids, with no padding, so cond and uncond
+        have their own lengths (fork ``encode_prompt``).
     input_resize: the reference image's resize to the working size (model/image_io.py RESIZE_FILTERS):
-        PIL bicubic (v1.0), PIL LANCZOS (v1.1; SPEC.md §12.1 #6), torch bilinear with antialias on the
-        float image (v1.2; V12.md §4).
+        PIL bicubic (v1.0), PIL LANCZOS (v1.1; ``input_process_image``), torch bilinear with antialias on the
+        float image (v1.2; fork ``encode_image``).
     output_rounding: the decoded image's 8-bit conversion (model/image_io.py ROUNDINGS): ×255 truncated
-        (v1.0, v1.1 ``to_pil_image``; SPEC.md §6.6) or rounded (v1.2, diffusers
+        (v1.0, v1.1 ``to_pil_image`` in ``generate_image``) or rounded (v1.2, diffusers
         ``VaeImageProcessor.numpy_to_pil``).
     """
 
@@ -130,10 +137,14 @@ def params_from_config(config: Mapping, version: str) -> Step1XParams:
     return Step1XParams(DiTParams(**dit), ConnectorParams(**config["connector"]), version)
 
 
-def _block_count(shapes: Mapping[str, Sequence[int]], prefix: str) -> int:
+def block_indices(keys: Iterable[str], prefix: str) -> set[int]:
+    """The numbers ``i`` of the blocks that keys ``<prefix>.<i>.…`` belong to (e.g. prefix ``double_blocks``)."""
     pattern = re.compile(re.escape(prefix) + r"\.(\d+)\.")
-    indices = {int(m.group(1)) for key in shapes if (m := pattern.match(key))}
-    return max(indices) + 1 if indices else 0
+    return {int(m.group(1)) for key in keys if (m := pattern.match(key))}
+
+
+def _block_count(shapes: Mapping[str, Sequence[int]], prefix: str) -> int:
+    return max(block_indices(shapes, prefix), default=-1) + 1
 
 
 def detect_params(
@@ -142,7 +153,8 @@ def detect_params(
     axes_dim: Sequence[int] | None = None,
     theta: int = ROPE_THETA,
 ) -> Step1XParams:
-    """Infer the configuration from official-layout key names and shapes (SPEC.md §2).
+    """Infer the configuration from official-layout key names and shapes (the module paths of
+    official ``Step1XEdit``).
 
     ``shapes`` maps key → shape (no prefix). ``connector_heads`` and ``axes_dim`` are not in the
     file: by default the connector gets head dim 128 and the RoPE axes are the full model's
@@ -181,7 +193,8 @@ def detect_params(
 
 
 def detect_version(keys) -> str:
-    """The release a state dict belongs to, from its keys alone (SPEC.md §12.3, V12.md §1)."""
+    """The release a state dict belongs to, from its keys alone: ``connector.scale_factor`` → v1.0,
+    ``text_token_mapping.weight`` → v1.2, otherwise v1.1."""
     if V10_ONLY_KEY in keys:
         return "v1.0"
     return "v1.2" if V12_ONLY_KEY in keys else "v1.1"

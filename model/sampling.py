@@ -1,4 +1,4 @@
-"""Sampling as plain functions (official ``inference.py`` / ``sampling.py``; SPEC.md §6, §12.2, §12.4).
+"""Sampling as plain functions (official ``inference.py`` ``ImageGenerator`` / ``sampling.py``).
 
 Sizing rule, 2×2 latent packing, position ids, the shifted schedule, seeded noise, and the one
 Euler loop with cond+uncond batched CFG. Latents here are already in the model's scaling
@@ -17,19 +17,21 @@ from torch import Tensor
 from .params import VersionSwitches
 
 LATENT_CHANNELS = 16
-PATCH = 2  # 2×2 latent pixels per token (SPEC.md §6.4)
+PATCH = 2  # 2×2 latent pixels per token (official ``ImageGenerator.prepare``)
 VAE_DOWNSCALE = 8
 PIXELS_PER_TOKEN = VAE_DOWNSCALE * PATCH  # sides must be multiples of 16
 # get_schedule's shift line through (256 tokens, 0.5) and (4096 tokens, 1.15) (official sampling.py).
 BASE_SHIFT, MAX_SHIFT = 0.5, 1.15
 BASE_SEQ_LEN, MAX_SEQ_LEN = 256, 4096
-# Norm-rescaled CFG (SPEC.md §12.2): guidance divided by ‖c − u‖^0.4 for tokens whose norm exceeds 1.
+# Norm-rescaled CFG (official ``ImageGenerator.process_diff_norm``): guidance divided by ‖c − u‖^0.4
+# for tokens whose norm exceeds 1.
 RENORM_EXPONENT = 0.4
 RENORM_MIN_NORM = 1.0
 
 
 def size_for_level(width: int, height: int, size_level: int) -> tuple[int, int]:
-    """Area-preserving resize target with sides floored to multiples of 16 (SPEC.md §6.1).
+    """Area-preserving resize target with sides floored to multiples of 16 (official
+    ``ImageGenerator.input_process_image``).
 
     Raises ``ValueError`` when a side rounds to 0 (extreme aspect ratios), which the official code
     only reports as a PIL failure.
@@ -65,7 +67,8 @@ def unpack_latent(x: Tensor, latent_h: int, latent_w: int) -> Tensor:
 
 
 def image_ids(latent_h: int, latent_w: int, offset: float = 0.0, device=None) -> Tensor:
-    """Token ids ``[N, 3]`` float32: ``(o, r + o, c + o)`` in token order (SPEC.md §6.4, §12.1 #3)."""
+    """Token ids ``[N, 3]`` float32: ``(o, r + o, c + o)`` in token order (official
+    ``ImageGenerator.prepare``)."""
     rows, cols = latent_h // PATCH, latent_w // PATCH
     ids = torch.full((rows, cols, 3), float(offset), dtype=torch.float32, device=device)
     ids[..., 1] += torch.arange(rows, dtype=torch.float32, device=device)[:, None]
@@ -74,8 +77,8 @@ def image_ids(latent_h: int, latent_w: int, offset: float = 0.0, device=None) ->
 
 
 def reference_ids(latent_h: int, latent_w: int, switches: VersionSwitches, device=None) -> Tensor:
-    """Reference-token ids ``[N, 3]``: ``(o, r+o, c+o)`` (v1.0/v1.1, SPEC.md §12.1 #3) or ``(o, r, c)``
-    (v1.2, V12.md §4), with ``o = switches.ref_id_offset``."""
+    """Reference-token ids ``[N, 3]``: ``(o, r+o, c+o)`` (v1.0/v1.1, official ``ImageGenerator.prepare``) or
+    ``(o, r, c)`` (v1.2, fork ``prepare_latents``), with ``o = switches.ref_id_offset``."""
     if switches.ref_id_offset_spatial:
         return image_ids(latent_h, latent_w, switches.ref_id_offset, device=device)
     ids = image_ids(latent_h, latent_w, device=device)
@@ -93,7 +96,8 @@ def sequence_ids(latent_h: int, latent_w: int, switches: VersionSwitches, with_r
 
 
 def schedule_shift(image_seq_len: int) -> float:
-    """μ on the line through (256, 0.5) and (4096, 1.15), extrapolated outside (SPEC.md §6.3)."""
+    """μ on the line through (256, 0.5) and (4096, 1.15), extrapolated outside (official
+    ``sampling.py`` ``get_lin_function`` / ``get_schedule``)."""
     slope = (MAX_SHIFT - BASE_SHIFT) / (MAX_SEQ_LEN - BASE_SEQ_LEN)
     return slope * image_seq_len + (BASE_SHIFT - slope * BASE_SEQ_LEN)
 
@@ -161,21 +165,46 @@ def denoise(
     renorm_threshold: float,
     callback: StepCallback | None = None,
 ) -> Tensor:
-    """The one Euler loop: ``x ← x + (t_{i+1} − t_i)·v`` with guided ``v`` (SPEC.md §6.5, §12.2).
+    """The one Euler loop: ``x ← x + (t_{i+1} − t_i)·v`` with guided ``v`` (official ``ImageGenerator.denoise``).
 
     How the model is called (one CFG batch, one call per branch, several GPUs) is the predictor's
     business; schedule, guidance, update and callback are the same for all of them.
+    Raises :class:`NonFiniteResult` when the latent holds NaN or ±inf at the end.
     """
     times = timesteps.tolist()
     total = len(times) - 1
+    # One flag per step, written on the device so the loop never waits for the host; read once at the end.
+    finite = torch.ones(total, dtype=torch.bool, device=x.device)
     for step, (t_curr, t_next) in enumerate(zip(times[:-1], times[1:])):
         cond, uncond = predict(x, t_curr)
         velocity = guided_velocity(cond, uncond, cfg, renormalise=t_curr > renorm_threshold)
         x_next = x + (t_next - t_curr) * velocity
+        finite[step] = torch.isfinite(x_next).all()
         if callback is not None:
             callback(step, total, x_next, x - t_curr * velocity)
         x = x_next
+    check_finite(finite)
     return x
+
+
+class NonFiniteResult(RuntimeError):
+    """The sampled latent holds NaN or ±inf (it would decode to a black or broken image)."""
+
+
+def check_finite(finite: Tensor) -> None:
+    """Raise :class:`NonFiniteResult` naming the first bad step and the likely causes.
+
+    ``finite``: ``[steps]`` bool, whether the latent after each step was finite; one host sync.
+    """
+    flags = finite.tolist()
+    if all(flags):
+        return
+    raise NonFiniteResult(
+        f"the sampled latent holds NaN or infinite values, first after step {flags.index(False) + 1} of "
+        f"{len(flags)}, so it would decode to a black image. Likely causes: damaged weights in the model file "
+        "(download it again); an fp16 overflow (weights converted to fp16 beyond its ±65504 range, or the text "
+        "encoder or VAE run in fp16: use bf16 or fp32); a LoRA with bad values (remove it or lower its strength)."
+    )
 
 
 def sample(

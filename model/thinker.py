@@ -2,7 +2,7 @@
 
 No ComfyUI, no transformers: the VLM is a ``generate(request) -> answer`` callable and the edit an
 ``edit(image, prompt, negative_prompt) -> image`` callable, both injected, so tests replay scripted
-answers. Behaviour follows the release (V12.md §5; diffusers fork ``step1xedit_v1p2``,
+answers. Behaviour follows the release (diffusers fork, branch ``step1xedit_v1p2``,
 ``pipeline_step1x_edit_thinker.py`` and ``Step1XEditPipelineV1P2.__call__``). Two deliberate
 differences, both where the release would crash: an exception raised by ``generate`` is not retried
 (only malformed answers are), and a best-of score list that is empty or not all numbers makes that

@@ -1,4 +1,4 @@
-"""The v1.2 thinker's requests: prompt texts, message layout, image rewrite and chat text (V12.md §5).
+"""The v1.2 thinker's requests: prompt texts, message layout, image rewrite and chat text.
 
 Pure Python (PIL for the thumbnail). The texts are the release's ``ImageEditEvaluator_EN`` prompts
 (diffusers fork, branch ``step1xedit_v1p2``, ``pipeline_step1x_edit_thinker.py``), with the values it
@@ -27,7 +27,7 @@ MAX_IMAGE_SIDE = 1024
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 
 # Requested answer lengths per call (``max_tokens``); the release's client ignores them and always
-# generates at most RELEASE_MAX_NEW_TOKENS (V12.md §5).
+# generates at most RELEASE_MAX_NEW_TOKENS (``QwenGenerativeAIClient``).
 MAX_TOKENS = {"think": 512, "description": 768, "consistency": 1024, "reflection": 768, "score1": 768, "score2": 768}
 RELEASE_MAX_NEW_TOKENS = 128
 RELEASE_TOP_P = 0.9

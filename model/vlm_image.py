@@ -1,4 +1,4 @@
-"""The reference image as Step1X-Edit's Qwen2.5-VL sees it (spec/VLM.md §2).
+"""The reference image as Step1X-Edit's Qwen2.5-VL sees it.
 
 Three PIL resizes on uint8, as in the official pipeline: Step1X's own ``input_process_image``
 (size level; bicubic in v1.0), then bicubic ``qwen_vl_utils.fetch_image`` (0.0.10 defaults) and the HF
@@ -64,8 +64,8 @@ def resize_for_vlm(image: Image.Image, size_level: int | None,
     """The RGB uint8 image the Qwen2.5-VL patchifier receives in the official pipeline.
 
     ``size_level`` None skips Step1X's own resize (the image goes straight to the embedder);
-    ``step1x_resample`` is that resize's filter (v1.0 code: bicubic, v1.1 code: LANCZOS, SPEC.md
-    §12.1 #6). The result has sides that are multiples of 28 and 256…324 merged tokens.
+    ``step1x_resample`` is that resize's filter (v1.0 code: bicubic, v1.1 code: LANCZOS, official
+    ``ImageGenerator.input_process_image``). The result has sides that are multiples of 28 and 256…324 merged tokens.
     """
     image = image.convert("RGB")
     if size_level is not None:

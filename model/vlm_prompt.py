@@ -1,9 +1,10 @@
 """Step1X-Edit's Qwen2.5-VL prompt: template, quote splitting, token ids, positions, drop/pad/mask.
 
 Pure Python + torch (no ComfyUI, no transformers), so both encoder routes and the tests share one
-definition. Specification: ``spec/VLM.md`` §1 (template), §3 (quote splitting and id merge),
-§4 (id-0 padding and M-RoPE positions), §5 (drop, truncate, pad, mask). "Official" below means
-stepfun-ai/Step1X-Edit ``modules/conditioner.py`` (``Qwen25VL_7b_Embedder``).
+definition: the template, quote splitting and id merge, id-0 padding and M-RoPE positions, and the
+drop / truncate / pad / mask. "Official" below means stepfun-ai/Step1X-Edit ``modules/conditioner.py``
+(``Qwen25VL_7b_Embedder.forward``, ``split_string``); positions follow transformers'
+``Qwen2_5_VLForConditionalGeneration.get_rope_index``.
 """
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ STEP1X_PREFIX = (
     "User Prompt:"
 )
 
-# Qwen2.5-VL chat template with its default system message and the generation prompt (VLM.md §1).
+# Qwen2.5-VL chat template with its default system message and the generation prompt (official
+# ``Qwen25VL_7b_Embedder.forward``, ``apply_chat_template``).
 TEMPLATE_HEAD = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
 IMAGE_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
 TEMPLATE_TAIL = "<|im_end|>\n<|im_start|>assistant\n"
@@ -44,10 +46,12 @@ TEMPLATE_TAIL = "<|im_end|>\n<|im_start|>assistant\n"
 VISION_START_ID = 151652
 VISION_END_ID = 151653
 IMAGE_PAD_ID = 151655
-# Id 0 is "!": the official mask ``ids > 0`` treats a free-standing "!" as padding (VLM.md §4).
+# Id 0 is "!": the official mask ``ids > 0`` treats a free-standing "!" as padding
+# (``Qwen25VL_7b_Embedder.forward``).
 PADDING_ID = 0
 # How the official language model handles those tokens: v1.0 runs flash-attention 2 (no query,
-# attention output 0), v1.1 runs SDPA (key mask only). Other rows are identical (VLM.md §4).
+# attention output 0), v1.1 runs SDPA (key mask only). Other rows are identical
+# (``Qwen25VL_7b_Embedder.__init__``'s ``attn_implementation``).
 FLASH_PADDING_BY_RELEASE = {"v1.0": True, "v1.1": False}
 
 # Quote splitting, official ``split_string``: only quotes past this character index toggle; the
@@ -63,7 +67,7 @@ MAX_LENGTH = 640
 
 
 def build_template(instruction: str, prefix: str = STEP1X_PREFIX) -> str:
-    """The full chat string of VLM.md §1 (concatenation, not ``str.format``: braces are legal)."""
+    """The full chat string of the official template (concatenation, not ``str.format``: braces are legal)."""
     return TEMPLATE_HEAD + prefix + IMAGE_PLACEHOLDER + instruction + TEMPLATE_TAIL
 
 
@@ -120,12 +124,13 @@ class Step1XTokens:
     template: str
     pieces: list[str]
     piece_ids: list[list[int]]  # raw ids of each piece, before quote stripping
-    ids: list[int]  # final ids (VLM.md §3 step 4), one IMAGE_PAD_ID for the whole image
+    ids: list[int]  # final ids (after the id merge), one IMAGE_PAD_ID for the whole image
 
 
 def tokenize_step1x(tokenize: Callable[[str], list[int]], instruction: str,
                     prefix: str = STEP1X_PREFIX) -> Step1XTokens:
-    """Ids of VLM.md §3 from a tokenizer callable that adds no special tokens (Qwen2's does not).
+    """Step1X's quote-split ids (official ``split_string``) from a tokenizer callable that adds no
+    special tokens (Qwen2's does not).
 
     ``tokenize`` must leave ``<|image_pad|>`` a single id; the caller expands it to the image size
     (:func:`expand_image_pad`).
@@ -169,7 +174,7 @@ def keep_mask(ids: torch.Tensor) -> torch.Tensor:
 
 
 def mrope_positions(ids: torch.Tensor, llm_grid_hw: tuple[int, int]) -> torch.Tensor:
-    """M-RoPE positions (t, h, w) of one row with one image, official padding semantics (VLM.md §4).
+    """M-RoPE positions (t, h, w) of one row with one image, official padding semantics.
 
     Positions are counted over kept tokens only (``ids != 0``); masked tokens get 1 (HF
     ``get_rope_index`` with an attention mask). Text before the image: p on all axes; image token
@@ -249,7 +254,7 @@ class Qwen25VLRunner(Protocol):
                           flash_padding: bool = True) -> torch.Tensor:
         """Final-norm output [L, D] for ids [L] (image pads expanded), positions [3, L], with
         id-0 tokens excluded as keys and, if ``flash_padding``, their attention output zeroed
-        (VLM.md §4)."""
+        (as in the official embedder)."""
 
 
 @dataclass(frozen=True)
@@ -263,7 +268,7 @@ class Step1XEncoding:
 def encode_prompt(runner: Qwen25VLRunner, instruction: str, image: Any, llm_grid_hw: tuple[int, int],
                   prefix: str = STEP1X_PREFIX, drop: int = DROPPED_TOKENS,
                   max_length: int = MAX_LENGTH, flash_padding: bool = True) -> Step1XEncoding:
-    """One conditioning row: instruction + VLM-sized image -> Step1X embedding and mask (§3–§5).
+    """One conditioning row: instruction + VLM-sized image -> Step1X embedding and mask.
 
     ``flash_padding``: free-standing "!" as v1.0's flash-attention padding (True) or as v1.1's SDPA.
     """

@@ -1,4 +1,4 @@
-"""Step1X-Edit v1.2 encoding: the VLM's image, the 90-token cut, Qwen-derived text ids (V12.md §3).
+"""Step1X-Edit v1.2 encoding: the VLM's image, the 90-token cut, Qwen-derived text ids.
 
 Pure torch + PIL; the Qwen2.5-VL itself is behind :class:`V12Runner` (``nodes/vlm_v12_hf.py``
 implements it with transformers). Reference: the diffusers fork ``pipeline_step1x_edit_v1p2.py``
@@ -20,7 +20,8 @@ from .vlm_image import RESIZE_FACTOR, qwen2vl_pixel_values, smart_resize
 from .vlm_prompt import IMAGE_PAD_ID, mrope_positions
 from .vlm_v12_prompt import DROPPED_TOKENS, EDIT_PREFIX, MAX_LENGTH, V12Tokens, tokenize_v12
 
-# The pipeline rebuilds its processor with these pixel bounds; they are the ones that act (V12.md §3).
+# The pipeline rebuilds its processor with these pixel bounds; they are the ones that act
+# (``Step1XEditPipelineV1P2.__init__``).
 VLM_MIN_PIXELS = 256 * RESIZE_FACTOR**2
 VLM_MAX_PIXELS = 400 * RESIZE_FACTOR**2
 # Centre of merged vision token c in the resized image: 28·c + 13.5 (``_get_affine_mat_from_source``).
@@ -66,7 +67,8 @@ def vision_token_latent_positions(grid_hw: tuple[int, int], resized_wh: tuple[in
     """``[gh·gw, 2]`` float32 (row, col) of each merged vision token, raster order, in latent-token units.
 
     Token (r, c) sits at ``(28·c + 13.5)·(source_w − 1)/(resized_w − 1)`` source pixels, mapped by
-    ``(p − 11)/16`` (V12.md §3; the fork inverts the float32 matrix, this is the exact composition).
+    ``(p − 11)/16`` (``set_vision_tokens_position_ids``; the fork inverts the float32 matrix, this is the
+    exact composition).
     """
     (grid_h, grid_w), (resized_w, resized_h), (source_w, source_h) = grid_hw, resized_wh, source_wh
     rows = torch.arange(grid_h, dtype=torch.float64).repeat_interleave(grid_w)
@@ -113,7 +115,7 @@ class V12Runner(Protocol):
 
 @dataclass(frozen=True)
 class V12Encoding:
-    """One prompt's encoding. Outputs (V12.md §3 ``TextEmbedderOutput``, V = kept tokens):
+    """One prompt's encoding. Outputs (the fork's ``TextEmbedderOutput``, V = kept tokens):
     embedding / text_embeds ``[1, V, D]``, mask / text_mask ``[1, V]``, txt_ids ``[V, 3]`` float32.
     Intermediates: tokens (before the drop), positions ``[3, S]``, grid_thw, pixel_values, shifted ``[V, 3]``.
     """

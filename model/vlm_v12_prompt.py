@@ -1,6 +1,6 @@
 """Step1X-Edit v1.2's Qwen2.5-VL prompt: template, quote/special-token pieces, ids and quote mask.
 
-Pure Python + torch. Specification: V12.md §3; reference: the diffusers fork, branch
+Pure Python + torch. Reference: the diffusers fork, branch
 ``step1xedit_v1p2``, ``pipeline_step1x_edit_v1p2.py`` (``EDIT_PREFIX``,
 ``split_string_in_quotation[_and_special_tokens]``, ``_get_qwenvl_embeds``).
 """
@@ -22,7 +22,7 @@ EDIT_PREFIX = (
     "content of the target image.\n"
     "The editing instruction is:"
 )
-# ``apply_chat_template(..., add_vision_id=True)`` labels the single image (V12.md §3).
+# ``apply_chat_template(..., add_vision_id=True)`` labels the single image (``_get_qwenvl_embeds``).
 VISION_ID_LABEL = "Picture 1: "
 IMAGE_PAD_TOKEN = "<|image_pad|>"
 # ``_get_qwenvl_embeds``: hidden states before this position are dropped (the template head and the
@@ -129,7 +129,7 @@ class V12Tokens:
 
 def tokenize_v12(tokenize: Callable[[str], list[int]], special_tokens: Sequence[str], instruction: str,
                  num_image_tokens: int, prefix: str = EDIT_PREFIX) -> V12Tokens:
-    """Ids and quote mask of V12.md §3: each piece tokenised alone, the image piece expanded.
+    """Ids and quote mask as ``_get_qwenvl_embeds`` builds them: each piece tokenised alone, the image piece expanded.
 
     ``tokenize`` adds no special tokens and keeps ``<|image_pad|>`` one id (a Qwen2 tokenizer does).
     """

@@ -13,26 +13,30 @@ CATEGORY = "Step1X-Edit"
 # the encoder release. Conditioning without it comes from another model family (e.g. Qwen-Image).
 CONDITIONING_MARKER = "step1x_edit"
 # Extra LATENT key set by Pack Ref Latent: the (width, height) of the input image, so Unpack/Decode
-# can resize the edit back (SPEC.md §6.6). Core nodes ignore unknown LATENT keys.
+# can resize the edit back (official ``ImageGenerator.output_process_image``). Core nodes ignore unknown
+# LATENT keys.
 ORIGINAL_SIZE_KEY = "step1x_original_size"
 # Pack Ref Latent records the resize filter it used (the sampler warns when the model's release resizes
 # otherwise); Step1X Sampler records the release's 8-bit rounding for Unpack/Decode (model/params.py).
 RESIZE_FILTER_KEY = "step1x_resize_filter"
 OUTPUT_ROUNDING_KEY = "step1x_output_rounding"
-# The current official pipeline (v1.1 code, SPEC.md §12.1 #6, VLM.md §4): LANCZOS input resize and
-# SDPA in the VLM. Pack Ref Latent and VLM Encode share these defaults so both see the same image.
+# The current official pipeline (v1.1 code: ``ImageGenerator.input_process_image``, ``Qwen25VL_7b_Embedder``):
+# LANCZOS input resize and SDPA in the VLM. Pack Ref Latent and VLM Encode share these defaults so both
+# see the same image.
 DEFAULT_RELEASE = "v1.1"
 DEFAULT_RESIZE_FILTER = VERSIONS[DEFAULT_RELEASE].input_resize
 # size_level of Pack Ref Latent and VLM Encode (one range, both nodes must see one value): official
-# default 512 (SPEC.md §6; the Gradio app suggests 512, 768, 1024); sides come out in multiples of 16.
+# default 512 (``inference.py`` ``main``; the Gradio app suggests 512, 768, 1024); sides come out in
+# multiples of 16.
 DEFAULT_SIZE_LEVEL = 512
 MIN_SIZE_LEVEL, MAX_SIZE_LEVEL, SIZE_LEVEL_STEP = 256, 2048, 16
 FLUX_LATENT_CHANNELS = 16
 FLUX_VAE_DOWNSCALE = 8
-# cfg_renorm, the norm-rescaled CFG threshold (SPEC.md §12.2, V12.md §6.2) of Step1X Sampler and Step1X
-# Reasoning Edit: guidance is renormalised on the steps with t > threshold. 1.0 is off (the v1.0
-# pipeline), 0.93 the official v1.1 rule, 0.00093 every step (the v1.2 release); "model default" (None)
-# follows the loaded file's release. Workflows store the labels, so a renamed label breaks them.
+# cfg_renorm, the norm-rescaled CFG threshold (official ``ImageGenerator.denoise`` ``timesteps_truncate``; the
+# diffusers fork's pipelines compare it with σ·1000) of Step1X Sampler and Step1X Reasoning Edit:
+# guidance is renormalised on the steps with t > threshold. 1.0 is off (the v1.0 pipeline), 0.93 the
+# official v1.1 rule, 0.00093 every step (the v1.2 release); "model default" (None) follows the loaded
+# file's release. Workflows store the labels, so a renamed label breaks them.
 RENORM_MODEL_DEFAULT = "model default"
 RENORM_V12_RELEASE = "every step (v1.2 release)"
 RENORM_CHOICES = {RENORM_MODEL_DEFAULT: None, "1.0 (off, v1.0)": RENORM_NEVER, "0.93 (v1.1)": RENORM_OFFICIAL,
@@ -55,7 +59,7 @@ def image_to_uint8(image: torch.Tensor) -> list[np.ndarray]:
 
 
 def decoded_to_uint8(image: torch.Tensor, rounding: str = DEFAULT_ROUNDING) -> list[np.ndarray]:
-    """VAE decoder output (IMAGE, 0..1) → uint8 ×255, truncated (v1.0 / v1.1, SPEC.md §6.6 ``to_pil_image``)
+    """VAE decoder output (IMAGE, 0..1) → uint8 ×255, truncated (v1.0 / v1.1 ``to_pil_image``)
     or rounded (v1.2): the release's ``output_rounding``."""
     return list(unit_to_uint8(image[..., :3], rounding).cpu().numpy())
 

@@ -1,7 +1,8 @@
 """Pack Ref Latent (IMAGE → reference LATENT) and Unpack/Decode (LATENT → IMAGE at the input's size).
 
 LATENT samples stay raw FLUX-VAE latents, as core VAEEncode/VAEDecode produce and expect; the
-Step1X scaling (FLUX latent format, 0.3611·(z − 0.1159), SPEC.md §6.2) is applied by the sampler.
+Step1X scaling (FLUX latent format, 0.3611·(z − 0.1159), official ``AutoEncoder.encode``) is applied
+by the sampler.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from .common import (
     uint8_to_image,
 )
 
-MIN_IMAGE_SIDE = 16                          # one DiT token covers 16×16 pixels (SPEC.md §6.4)
+MIN_IMAGE_SIDE = 16                          # one DiT token covers 16×16 pixels (VAE 8× and 2×2 patches)
 MAX_IMAGE_SIDE = 16384                       # ComfyUI's own image size limit (nodes.py MAX_RESOLUTION)
 OUTPUT_SIZES = ("original", "sampled")
 

@@ -1,8 +1,10 @@
 """Load Step1X Model: the DiT file → ComfyUI MODEL (a ModelPatcher over model.dit.Step1XEdit).
 
 The network is built with ComfyUI's operations (comfy.ops.pick_operations: manual_cast when the
-weight dtype is not the compute dtype, scaled fp8 for fp8 weights), so ModelPatcher can load it
-whole, stream it layer by layer under --lowvram / --novram, and offload it between prompts.
+weight dtype is not the compute dtype; for fp8 weights the fp8 layers of this ComfyUI, chosen in
+nodes/comfy_compat.py), so ComfyUI can load it whole, stream it layer by layer under --lowvram /
+--novram or dynamic VRAM, and offload it between prompts. The patcher is the class core loaders use
+(dynamic VRAM where it runs), and records how to rebuild the model without it, as core loaders do.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from ..model.attention import BACKENDS
 from ..model.checkpoint import CheckpointError
 from ..model.dit import Step1XEdit
 from ..model.loader import build_step1x_dit, inspect_checkpoint
+from .comfy_compat import fp8_operations, model_patcher_class
 from .common import CATEGORY
 
 MODEL_FOLDER = "diffusion_models"
@@ -29,7 +32,7 @@ WEIGHT_DTYPES = {"default": None, "bf16": torch.bfloat16, "fp8_e4m3fn": torch.fl
 # activations are cast to fp8 unscaled (clamped to ±448). H100, 1024², compiled: 12.8 s per edit
 # instead of 16.2 s (benchmarks/README.md).
 FAST_FP8 = "fp8_e4m3fn_fast"
-# Compute dtypes the DiT runs in: the official run is bf16 (SPEC.md §7); fp16 overflows FLUX-type DiTs.
+# Compute dtypes the DiT runs in: the official run is bf16 (``inference.py``); fp16 overflows FLUX-type DiTs.
 COMPUTE_DTYPES = [torch.bfloat16, torch.float32]
 FP8 = torch.float8_e4m3fn
 # Bytes per element of safetensors dtype names: a parameter count from the file size, for
@@ -49,8 +52,10 @@ def _weight_and_compute_dtypes(choice: str, file_is_fp8: bool, n_params: int, lo
     return weight_dtype, manual_cast if manual_cast is not None else weight_dtype
 
 
-def load_step1x_model(path: str, weight_dtype_choice: str, attention: str,
-                      torch_compile: bool = False) -> comfy.model_patcher.ModelPatcher:
+def load_step1x_model(path: str, weight_dtype_choice: str, attention: str, torch_compile: bool = False,
+                      disable_dynamic: bool = False) -> comfy.model_patcher.ModelPatcher:
+    """The DiT at ``path`` in the patcher core loaders use. ``disable_dynamic`` (or ``torch_compile``, as
+    core's TorchCompileModel does) gives a plain ModelPatcher where dynamic VRAM runs."""
     info = inspect_checkpoint(path)
     load_device, offload_device = mm.get_torch_device(), mm.unet_offload_device()
     n_params = info.size_bytes // SAFETENSORS_DTYPE_BYTES.get(info.stored_dtype, 2)
@@ -58,7 +63,7 @@ def load_step1x_model(path: str, weight_dtype_choice: str, attention: str,
     fp8 = weight_dtype == FP8
     if fp8:
         fast = weight_dtype_choice == FAST_FP8 and mm.supports_fp8_compute(load_device)
-        operations = comfy.ops.scaled_fp8_ops(fp8_matrix_mult=fast, override_dtype=FP8)
+        operations = fp8_operations(fast, compute_dtype)
     else:
         operations = comfy.ops.pick_operations(weight_dtype, compute_dtype, load_device=load_device)
     net = build_step1x_dit(info, dtype=compute_dtype if fp8 else weight_dtype, device=offload_device,
@@ -71,7 +76,16 @@ def load_step1x_model(path: str, weight_dtype_choice: str, attention: str,
     net.torch_compile = torch_compile
     net.checkpoint_name = os.path.basename(path)
     net.eval()
-    return comfy.model_patcher.ModelPatcher(net, load_device=load_device, offload_device=offload_device)
+    patcher_class = model_patcher_class(dynamic=not (disable_dynamic or torch_compile))
+    patcher = patcher_class(net, load_device=load_device, offload_device=offload_device)
+    # How core rebuilds a model without dynamic VRAM (ModelPatcher.clone(disable_dynamic=True)).
+    patcher.cached_patcher_init = (load_step1x_model, (path, weight_dtype_choice, attention, torch_compile))
+    return patcher
+
+
+def missing_file_message(ckpt_name: str) -> str:
+    return (f"{ckpt_name} is not in models/{MODEL_FOLDER}: put the Step1X-Edit DiT there and press R in ComfyUI "
+            "to refresh the list.")
 
 
 class Step1XModelLoader(io.ComfyNode):
@@ -108,11 +122,18 @@ class Step1XModelLoader(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, ckpt_name: str) -> bool | str:
+        # Naming ckpt_name here replaces ComfyUI's own "Value not in list" check of the combo (which
+        # newer ComfyUI applies to V3 combos too) by this message with the folder and the fix.
+        if folder_paths.get_full_path(MODEL_FOLDER, ckpt_name) is None:
+            return missing_file_message(ckpt_name)
+        return True
+
+    @classmethod
     def execute(cls, ckpt_name: str, weight_dtype: str, attention: str, torch_compile: bool = False) -> io.NodeOutput:
         path = folder_paths.get_full_path(MODEL_FOLDER, ckpt_name)
         if path is None:
-            raise FileNotFoundError(f"{ckpt_name} is not in models/{MODEL_FOLDER}: put the Step1X-Edit DiT there "
-                                    "and press R in ComfyUI to refresh the list.")
+            raise FileNotFoundError(missing_file_message(ckpt_name))
         try:
             return io.NodeOutput(load_step1x_model(path, weight_dtype, attention, torch_compile))
         except CheckpointError as error:

@@ -1,4 +1,4 @@
-"""Step1X LoRA: an official kohya-format Step1X-Edit LoRA (SPEC.md §8) as ComfyUI weight patches.
+"""Step1X LoRA: an official kohya-format Step1X-Edit LoRA as ComfyUI weight patches.
 
 Nothing is merged here and no weight is copied: the node clones the ModelPatcher and adds one
 ``LoRAAdapter`` patch per module (``comfy.lora.load_lora`` with a hand-made key map, since
@@ -6,13 +6,15 @@ Step1X-Edit is not one of ComfyUI's ``BaseModel``s). ComfyUI applies the patches
 model and puts the backed-up weights back when the model is loaded without them, so LoRAs stack
 (each node adds its own patches) and removing the node restores the weights exactly.
 
-ComfyUI's LoRA maths against SPEC.md §8 (``W ← cast_back(W₃₂ + m·(up@down)·alpha/rank)``):
+ComfyUI's LoRA maths against the official ``LoRAInfModule.merge_to``
+(``W ← cast_back(W₃₂ + m·(up@down)·alpha/rank)``):
 ``ModelPatcher.patch_weight_to_device`` copies W to float32, adds ``(m·alpha/rank)·(up₃₂@down₃₂)``
 and casts back (round to nearest for bf16/fp16) — the same formula, factors multiplied in another
 order, so results can differ by float32 rounding only. Differences: ComfyUI reads ``alpha = 0`` as
 scale 0 where the official loader uses alpha = rank (we pass the effective alpha, so both agree);
-scaled-fp8 weights are dequantised, patched and requantised with the layer's existing scale and
-stochastic rounding (values beyond that scale's range clamp); under --lowvram the patch is applied
+fp8 weights are dequantised, patched and requantised with stochastic rounding, with the layer's
+existing scale on ComfyUI's scaled-fp8 layers (values beyond that scale's range clamp) or a new absmax
+scale on its per-layer (``comfy_quant``) layers (nodes/comfy_compat.py); under --lowvram the patch is applied
 per forward in the compute dtype (bf16) instead of float32.
 """
 from __future__ import annotations
@@ -34,7 +36,7 @@ from .node_loader import is_step1x_model
 logger = logging.getLogger(__name__)
 
 LORA_FOLDER = "loras"
-# Strength range of the widget: the official merge uses 1.0 (SPEC.md §8); ±4 leaves room to
+# Strength range of the widget: the official merge uses 1.0 (``inference.py``); ±4 leaves room to
 # exaggerate or invert an effect, like ComfyUI's own LoRA loaders allow.
 STRENGTH_DEFAULT = 1.0
 STRENGTH_LIMIT = 4.0
@@ -44,7 +46,7 @@ STRENGTH_STEP = 0.01
 def comfy_patches(parsed: ParsedLora) -> dict:
     """Official weight key → ComfyUI weight patch (a ``LoRAAdapter``) for every module of the LoRA.
 
-    The tensors are re-keyed by official module path with the effective alpha (SPEC.md §8,
+    The tensors are re-keyed by official module path with the effective alpha (official
     ``LoRAModule``: alpha 0 means alpha = rank), and ``comfy.lora.load_lora`` builds the adapters.
     """
     state: dict[str, torch.Tensor] = {}

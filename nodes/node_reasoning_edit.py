@@ -1,4 +1,5 @@
-"""Step1X Reasoning Edit: v1.2's edit → judge → reflect loop (V12.md §5) as one node.
+"""Step1X Reasoning Edit: v1.2's edit → judge → reflect loop as one node (diffusers fork
+``Step1XEditPipelineV1P2.__call__`` with ``pipeline_step1x_edit_thinker.py``).
 
 Each try is a full v1.2 edit (nodes/v12_runtime.py ``V12Editor``); the release's Qwen2.5-VL then
 describes the expected result, scores consistency, reflects (``<#Success>`` stops, ``<#Reflection>``

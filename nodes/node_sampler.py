@@ -24,7 +24,7 @@ from .v12_runtime import V12_RELEASE, branch_from_conditioning, sample_v12
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_SEED = 42      # official CLI default (SPEC.md §6)
+DEFAULT_SEED = 42      # official CLI default (``inference.py`` ``main``)
 MAX_SEED = 0xFFFFFFFFFFFFFFFF  # core KSampler's seed range (64 bits)
 DEFAULT_STEPS = 28     # official default
 DEFAULT_CFG = 6.0      # official default

@@ -1,7 +1,7 @@
 """Step1X Think: v1.2's instruction rewriter as a node (image + instruction → clearer instruction).
 
-The release's thinking mode (V12.md §5): one generation with the rewriting prompt; the answer
-replaces the instruction. Feed the STRING to Step1X v1.2 VLM Encode (or read it).
+The release's thinking mode (``Step1XEditThinker``, ``enable_thinking_mode``): one generation with the
+rewriting prompt; the answer replaces the instruction. Feed the STRING to Step1X v1.2 VLM Encode (or read it).
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Plain v1.2 edit: Load Step1X-Edit v1.2 → Step1X v1.2 VLM Encode + Pack Ref Latent → Step1X Sampler →
 Unpack/Decode. The sampler recognises v1.2 conditioning (no padding, own text ids and quoted-text
-embeddings, V12.md §3) and runs cond and uncond as separate DiT calls (model/branch_sampling.py).
+embeddings: the fork's ``encode_prompt``) and runs cond and uncond as separate DiT calls (model/branch_sampling.py).
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from .node_vlm_encode import HF_FOLDER_ROOT, list_hf_folders
 from .v12_runtime import V12VLM, list_model_folders, to_conditioning
 from .vlm_v12_hf import locate_v12_text_encoder
 
-V12_SIZE_LEVEL = 1024  # the v1.2 pipeline's default size_level (V12.md §4)
+V12_SIZE_LEVEL = 1024  # the v1.2 pipeline's default size_level (``Step1XEditPipelineV1P2.__call__``)
 FROM_PIPELINE = "from pipeline"
 Step1XVLM = io.Custom("STEP1X_VLM")
 

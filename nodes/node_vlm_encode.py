@@ -1,4 +1,5 @@
-"""VLM Encode Instruction + Image: Step1X-Edit's Qwen2.5-VL conditioning (spec/VLM.md).
+"""VLM Encode Instruction + Image: Step1X-Edit's Qwen2.5-VL conditioning
+(official ``modules/conditioner.py`` ``Qwen25VL_7b_Embedder``).
 
 Two encoder routes, same result: ComfyUI's own Qwen2.5-VL-7B (a CLIP from 'Load CLIP', type
 qwen_image; nodes/vlm_comfy.py) or a Hugging Face folder in models/text_encoders run through

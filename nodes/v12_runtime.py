@@ -3,7 +3,7 @@
 The node files (node_v12.py, node_think.py, node_reasoning_edit.py) are thin; what they share lives
 here: the ``STEP1X_VLM`` handle (a Qwen2.5-VL folder, loaded on first use as a ComfyUI-managed model
 so model_management offloads it when the DiT needs the memory), the v1.2 conditioning layout, the
-v1.2 sampling call, and :class:`V12Editor`, the release's single edit (V12.md §3–§4) used as the
+v1.2 sampling call, and :class:`V12Editor`, the release's single edit (``encode_prompt`` → ``__call__``) used as the
 reasoning loop's ``edit`` callable.
 """
 from __future__ import annotations
@@ -122,7 +122,7 @@ def sample_v12(model, cond: BranchText, uncond: BranchText, ref_latent: torch.Te
 
 def vae_pixels(image: Image.Image, size_level: int) -> torch.Tensor:
     """The v1.2 VAE input as a ComfyUI IMAGE ``[1, h, w, 3]``: torch bilinear with antialias on [0, 1]
-    floats to the size-level size (``encode_image``; unlike the VLM's LANCZOS copy, V12.md §4)."""
+    floats to the size-level size (``encode_image``; unlike the VLM's LANCZOS copy)."""
     return resize_unit_to_size_level(pil_to_image_tensor(image), size_level)
 
 
@@ -139,7 +139,7 @@ class V12Editor:
     """The release's single edit (``encode_image`` → ``encode_prompt`` ×2 → sampling → decode → resize back)
     as the reasoning loop's ``edit(image, prompt, negative_prompt) -> image``.
 
-    Noise comes from one CPU generator seeded once, so later tries draw new noise (V12.md §5) and the
+    Noise comes from one CPU generator seeded once, so later tries draw new noise (as in the release) and the
     first try equals a plain edit with the same seed.
     """
 

@@ -1,17 +1,19 @@
 """Route 1: ComfyUI's own Qwen2.5-VL-7B text encoder (CLIPLoader type ``qwen_image``), driven so
-that tokens, image preprocessing, positions, layer and slicing equal Step1X-Edit's (spec/VLM.md §7).
+that tokens, image preprocessing, positions, layer and slicing equal Step1X-Edit's
+(official ``Qwen25VL_7b_Embedder``). ComfyUI side: ``comfy/text_encoders/qwen_image.py``, ``llama.py``
+(``Qwen25_7BVLI``) and ``qwen_vl.py``.
 
 Only ComfyUI's modules and loaded weights run (LoRA patches and fp8 casting included); the model
 stays a ComfyUI-managed model (``CLIP.load_model`` -> ``model_management``), so it is offloaded
 like any text encoder when the DiT needs the memory. The pack supplies the image (already
 VLM-sized, so ComfyUI's own resize is an identity), the ids with the quote splitting, the M-RoPE
-positions with Step1X's id-0 padding semantics, and the raster-order fix of 0.3.75's ViT output.
-ComfyUI internals move between releases: :func:`check_comfy_internals` checks what is used here
-and names the release this was written for.
+positions with Step1X's id-0 padding semantics, and the raster-order fix where ComfyUI's ViT returns
+its tokens in window order (probed: :func:`vit_returns_window_order`). ComfyUI internals move between
+releases: :func:`check_comfy_internals` names any that this route uses and this ComfyUI lacks
+(probed in nodes/comfy_compat.py).
 """
 from __future__ import annotations
 
-import inspect
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any, Iterator
@@ -20,13 +22,13 @@ import torch
 from PIL import Image
 
 import comfy.ops
-from comfy import sd1_clip
-from comfy.text_encoders import llama, qwen_vl
+from comfy.text_encoders import llama
+
+from .comfy_compat import QWEN_VL_MISSING
 
 from ..model.vlm_image import pil_to_image_tensor
 from ..model.vlm_prompt import IMAGE_PAD_ID, keep_mask, zero_outputs_where_masked
 
-TESTED_COMFYUI_VERSION = "0.3.75"
 QWEN_ENCODER_KEY = "qwen25_7b"  # attribute of the text encoder and tokenizer (comfy/text_encoders/qwen_image.py)
 # Window-order probe: a ViT without blocks on a grid larger than one 112-pixel window (4×4 merged).
 PROBE_GRID = (1, 16, 16)
@@ -42,25 +44,15 @@ def comfyui_version() -> str:
 
 
 def _incompatible(what: str) -> RuntimeError:
-    return RuntimeError(f"Step1X VLM Encode cannot drive this ComfyUI's Qwen2.5-VL: {what}. It needs "
-                        f"ComfyUI {TESTED_COMFYUI_VERSION} (found {comfyui_version()}); use the Hugging "
-                        "Face folder input instead, or update the Step1X-Edit pack.")
+    return RuntimeError(f"Step1X VLM Encode cannot drive this ComfyUI's Qwen2.5-VL (ComfyUI "
+                        f"{comfyui_version()}): {what}. Use the Hugging Face folder input instead, or update the "
+                        "Step1X-Edit pack.")
 
 
 def check_comfy_internals() -> None:
-    """Raise RuntimeError naming the needed ComfyUI release if an internal used here has moved."""
-    checks = {
-        "llama.Qwen25_7BVLI": hasattr(llama, "Qwen25_7BVLI"),
-        "Llama2_.forward(position_ids=, embeds=)": {"position_ids", "embeds", "attention_mask", "dtype"}
-        <= set(inspect.signature(llama.Llama2_.forward).parameters),
-        "SDClipModel.process_tokens(tokens, device)": list(
-            inspect.signature(sd1_clip.SDClipModel.process_tokens).parameters) == ["self", "tokens", "device"],
-        "Qwen2VLVisionTransformer.get_window_index": hasattr(
-            qwen_vl.Qwen2VLVisionTransformer, "get_window_index"),
-    }
-    missing = [name for name, ok in checks.items() if not ok]
-    if missing:
-        raise _incompatible("changed internals " + ", ".join(missing))
+    """Raise RuntimeError naming the ComfyUI internals this route uses that this ComfyUI lacks."""
+    if QWEN_VL_MISSING:
+        raise _incompatible("it lacks " + ", ".join(QWEN_VL_MISSING))
 
 
 def _describe(clip: Any) -> str:
@@ -132,8 +124,8 @@ class ComfyQwen25VL:
     """Step1X encoding through the Qwen2.5-VL model of a ComfyUI CLIP object."""
 
     def __init__(self, clip: Any) -> None:
-        check_qwen25_vl_clip(clip)
         check_comfy_internals()
+        check_qwen25_vl_clip(clip)
         self.clip = clip
         self.encoder = getattr(clip.cond_stage_model, QWEN_ENCODER_KEY)  # SDClipModel
         self.tokenizer = getattr(clip.tokenizer, QWEN_ENCODER_KEY).tokenizer  # transformers Qwen2Tokenizer

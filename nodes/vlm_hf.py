@@ -1,5 +1,5 @@
-"""Route 2: Qwen2.5-VL from a Hugging Face folder, run through transformers (spec/VLM.md §8, "Hugging
-Face route with transformers 5.x").
+"""Route 2: Qwen2.5-VL from a Hugging Face folder, run through transformers (``Qwen2_5_VLForConditionalGeneration``;
+checked with transformers 5.x).
 
 The image is sized and patchified by the pack (``model.vlm_image``): transformers 5's processor
 resizes differently from the 4.49 one the reference used. Positions are computed by the pack

@@ -1,7 +1,7 @@
 """Step1X-Edit v1.2's own Qwen2.5-VL (the pipeline's ``text_encoder/``) through transformers.
 
 v1.2 ships its Qwen2.5-VL inside the diffusers pipeline folder and the release encodes and thinks
-with that model (V12.md §3, §7). Whether its weights differ from stock Qwen2.5-VL-7B-Instruct
+with that model (the pipeline's ``text_encoder``). Whether its weights differ from stock Qwen2.5-VL-7B-Instruct
 cannot be told from the code, so a stock Qwen is never used in its place. Files cannot prove where
 weights came from either; :func:`locate_v12_text_encoder` uses the layout the release ships:
 

@@ -133,6 +133,12 @@ class ComfyServer:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None and self._answers()
 
+    def resident_memory_bytes(self) -> int:
+        """The server process's resident set size: ``VmRSS`` of /proc/<pid>/status (Linux, given in kB)."""
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        (kilobytes,) = [line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")]
+        return int(kilobytes) * 1024
+
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 

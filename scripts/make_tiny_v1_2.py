@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Write a tiny random-weight stand-in for the Step1X-Edit v1.2 diffusers pipeline folder.
 
-    python scripts/make_tiny_v1_2.py OUT_DIR [--tiny-vlm golden/vlm/tiny-qwen25vl]
+    python scripts/make_tiny_v1_2.py OUT_DIR [--tiny-vlm tests/fixtures/golden/vlm/tiny-qwen25vl]
 
-OUT_DIR/Step1X-Edit-v1p2/ gets the release's layout (V12.md §1, §7): model_index.json naming
+OUT_DIR/Step1X-Edit-v1p2/ gets the release's diffusers layout: model_index.json naming
 Step1XEditPipelineV1P2, transformer/ (a tiny v1.2 DiT in diffusers keys, two shards and their
 index), text_encoder/ (the golden tiny Qwen2.5-VL's config and weights) and processor/ (its tokenizer
 and processor files). The DiT's connector reads the tiny VLM's width, so the folder runs end to end.
@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-GOLDEN_DIR = Path(os.environ.get("STEP1X_GOLDEN_DIR", REPO_ROOT.parent / "shared" / "golden"))
-DEFAULT_TINY_VLM = GOLDEN_DIR / "vlm" / "tiny-qwen25vl"
+# The tiny Qwen2.5-VL of the repository's reference fixtures (tests/fixtures/golden/README.md).
+DEFAULT_TINY_VLM = REPO_ROOT / "tests" / "fixtures" / "golden" / "vlm" / "tiny-qwen25vl"
 PIPELINE_DIR = "Step1X-Edit-v1p2"
 PIPELINE_CLASS = "Step1XEditPipelineV1P2"
 SHARDS = 2

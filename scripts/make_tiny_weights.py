@@ -6,13 +6,13 @@
 OUT_DIR gets a ComfyUI models/ layout under the official file names, so the shipped workflows run
 unchanged on them (the edited image is noise; the point is the plumbing, sizes and file formats):
 
-  diffusion_models/step1x-edit-i1258.safetensors          v1.0 DiT, official single-file keys (SPEC §2)
-  diffusion_models/step1x-edit-v1p1-official.safetensors  v1.1 DiT (no connector.scale_factor, SPEC §12.3)
+  diffusion_models/step1x-edit-i1258.safetensors          v1.0 DiT, official single-file keys (Step1XEdit)
+  diffusion_models/step1x-edit-v1p1-official.safetensors  v1.1 DiT (no connector.scale_factor)
   diffusion_models/step1x-edit-i1258-FP8.safetensors      v1.0 DiT, Linear weights in float8_e4m3fn
   diffusion_models/step1x-edit-v1p1-prefixed.safetensors  v1.1 DiT, keys under "model.diffusion_model."
   vae/ae.safetensors                                      FLUX VAE in ComfyUI's ae.safetensors layout
   text_encoders/Qwen2.5-VL-7B-Instruct/                   the tiny Qwen2.5-VL of the golden fixtures
-  loras/step1x-edit-lora.safetensors                      a kohya-format LoRA for the tiny DiT (SPEC §8)
+  loras/step1x-edit-lora.safetensors                      a kohya-format LoRA for the tiny DiT
 
 The FLUX VAE keeps its full width (84 M parameters, stored in bfloat16): ComfyUI's VAELoader infers
 the FLUX VAE from key names and builds it at full size whatever the shapes say.
@@ -23,15 +23,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shutil
 import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_COMFYUI = REPO_ROOT / ".work" / "ComfyUI"
-GOLDEN_DIR = Path(os.environ.get("STEP1X_GOLDEN_DIR", REPO_ROOT.parent / "shared" / "golden"))
-DEFAULT_TINY_VLM = GOLDEN_DIR / "vlm" / "tiny-qwen25vl"
+# The tiny Qwen2.5-VL of the repository's reference fixtures (tests/fixtures/golden/README.md).
+DEFAULT_TINY_VLM = REPO_ROOT / "tests" / "fixtures" / "golden" / "vlm" / "tiny-qwen25vl"
 
 # Tiny DiT: head dim 32 = sum of axes; connector input = the tiny Qwen2.5-VL hidden size (16).
 # Connector heads 1 and axes (4, 14, 14) are what model.params.detect_params infers for these shapes.
@@ -41,7 +40,7 @@ TINY_CONFIG = {
             "axes_dim": [4, 14, 14], "theta": 10000, "qkv_bias": True},
     "connector": {"in_channels": 16, "hidden_size": 32, "heads_num": 1, "depth": 1},
 }
-# FLUX autoencoder config (SPEC §1 "VAE"; ComfyUI comfy/sd.py VAE defaults with 16 latent channels).
+# FLUX autoencoder config (official inference.py load_models; ComfyUI comfy/sd.py VAE defaults, 16 latent channels).
 FLUX_VAE_CONFIG = {"double_z": True, "z_channels": 16, "resolution": 256, "in_channels": 3, "out_ch": 3,
                    "ch": 128, "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [],
                    "dropout": 0.0}

@@ -20,12 +20,12 @@ V11_CHECKPOINT = "step1x-edit-v1p1-official.safetensors"
 RELEASE = "v1.1"   # VLM Encode's release switch follows the DiT file
 VAE = "ae.safetensors"
 TEXT_ENCODER_FOLDER = "Qwen2.5-VL-7B-Instruct"
-# Official v1.1 text-to-image negative prompt (SPEC.md §12.4), stray space included.
+# Official v1.1 text-to-image negative prompt (inference.py main), stray space included.
 T2I_NEGATIVE = ("worst quality, wrong limbs, unreasonable limbs, normal quality, low quality, low res, blurry, text, "
                 "watermark, logo, banner, extra digits, cropped, jpeg artifacts, signature, username, error, "
                 "sketch ,duplicate, ugly, monochrome, horror, geometry, mutation, disgusting")
 T2I_PROMPT = "A red fox sitting in a snowy forest at sunrise, photograph"
-T2I_SIDE = 1024  # official text-to-image size (SPEC.md §12.4)
+T2I_SIDE = 1024  # official text-to-image size (inference.py main default)
 
 
 def node(class_type: str, title: str, **inputs) -> dict:

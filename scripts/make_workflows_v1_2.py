@@ -54,7 +54,7 @@ def reasoning_workflow() -> dict:
                   vlm_attempts=20),
         "5": node("SaveImage", "Save chosen image", images=["4", 0], filename_prefix="step1x_reasoning_v1_2"),
         "6": node("PreviewImage", "Every try", images=["4", 1]),
-        "7": node("PreviewAny", "Reasoning", source=["4", 2], preview=""),  # the frontend adds "preview"
+        "7": node("PreviewAny", "Reasoning", source=["4", 2]),
     }
 
 

@@ -3,6 +3,8 @@
 Written next to the good tiny weights in the session's models/ folder:
   diffusion_models/flux-dev-like.safetensors       a FLUX-style DiT: double blocks, no Step1X connector
   diffusion_models/step1x-edit-truncated.safetensors  the tiny v1.0 file cut short (interrupted download)
+  diffusion_models/step1x-edit-gapped.safetensors  the tiny v1.0 file with its last single block renumbered one up
+  diffusion_models/step1x-edit-nan.safetensors     the tiny v1.0 file with NaN in the final layer's weight
   vae_approx/taesd_{encoder,decoder}.safetensors   TAESD (SD1.x, 4 latent channels): listed by VAELoader as "taesd"
   text_encoders/Qwen2.5-7B-text-only/              a Qwen2 text-only model folder (no vision tower)
 """
@@ -14,10 +16,13 @@ import sys
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load, save_file
 
 WRONG_FAMILY_DIT = "flux-dev-like.safetensors"
 TRUNCATED_DIT = "step1x-edit-truncated.safetensors"
+GAPPED_DIT = "step1x-edit-gapped.safetensors"
+NAN_DIT = "step1x-edit-nan.safetensors"
+NAN_WEIGHT = "final_layer.linear.weight"
 TEXT_ONLY_ENCODER = "Qwen2.5-7B-text-only"
 TRUNCATE_FRACTION = 0.6
 # FLUX.1 key names without Step1X's connector (official flux `model.py`): a real-world mix-up.
@@ -36,8 +41,18 @@ def write_bad_files(models_dir: Path) -> None:
     save_file({k: torch.zeros(shape) for k, shape in FLUX_LIKE_SHAPES.items()}, str(dit_dir / WRONG_FAMILY_DIT))
     good = (dit_dir / "step1x-edit-i1258.safetensors").read_bytes()
     (dit_dir / TRUNCATED_DIT).write_bytes(good[: int(len(good) * TRUNCATE_FRACTION)])
+    state = load(good)
+    save_file(_renumber_last_single_block(state), str(dit_dir / GAPPED_DIT))
+    save_file({**state, NAN_WEIGHT: torch.full_like(state[NAN_WEIGHT], float("nan"))}, str(dit_dir / NAN_DIT))
     _write_taesd(models_dir / "vae_approx")
     _write_text_only_encoder(models_dir / "text_encoders")
+
+
+def _renumber_last_single_block(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The last single block moved one number up, leaving a hole in the numbering where it was."""
+    last = max(int(key.split(".")[1]) for key in state if key.startswith("single_blocks."))
+    old, new = f"single_blocks.{last}.", f"single_blocks.{last + 1}."
+    return {(new + key[len(old):] if key.startswith(old) else key): value for key, value in state.items()}
 
 
 def _write_taesd(folder: Path) -> None:

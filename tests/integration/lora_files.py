@@ -1,6 +1,6 @@
 """A tiny kohya-format Step1X-Edit LoRA for the shipped LoRA workflow, written next to the tiny weights.
 
-  loras/<the workflow's lora_name>   a random LoRA (SPEC.md §8 key format) for every Linear the official
+  loras/<the workflow's lora_name>   a random LoRA (official kohya key format) for every Linear the official
                                      loader targets in the DiT the workflow loads, plus one final-layer
                                      module, which the official loader ignores and the node must log
 """
@@ -23,7 +23,7 @@ TINY_RANK = 4
 TINY_ALPHA = 2.0
 TINY_LORA_STD = 0.3   # large enough that the LoRA visibly changes the tiny model's output
 SEED = 0
-IGNORED_MODULE = "final_layer.linear"   # not a LoRA target of the official loader (SPEC.md §8)
+IGNORED_MODULE = "final_layer.linear"   # not a LoRA target of the official loader (LoRANetwork)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,9 @@ keeps serving (the next good prompt runs).
 | -------------------------------------- | ---------------------------------- | ------------------------ |
 | a FLUX-style DiT, not Step1X-Edit      | Load Step1X Model (execution)      | the family, the fix      |
 | a truncated checkpoint                 | Load Step1X Model (execution)      | truncated, download again|
-| a missing model file                   | Load Step1X Model (execution)      | the file, the folder     |
+| a checkpoint with a gap in its blocks  | Load Step1X Model (execution)      | the missing blocks       |
+| a checkpoint with NaN weights          | Step1X Sampler (execution, at end) | NaN, the likely causes   |
+| a missing model file                   | Load Step1X Model validation (400) | the file, the folder     |
 | a VAE that is not the FLUX VAE (TAESD) | Pack Ref Latent (execution)        | FLUX VAE                 |
 | a text encoder that is not Qwen2.5-VL  | VLM Encode (execution)             | Qwen2.5-VL               |
 | an image under 16 px                   | Pack Ref Latent (execution)        | at least 16 px           |
@@ -20,7 +22,7 @@ import math
 import uuid
 
 import pytest
-from bad_files import TEXT_ONLY_ENCODER, TRUNCATED_DIT, WRONG_FAMILY_DIT
+from bad_files import GAPPED_DIT, NAN_DIT, TEXT_ONLY_ENCODER, TRUNCATED_DIT, WRONG_FAMILY_DIT
 from PIL import Image
 from queue_edit import ComfyError
 from workflow_files import edit_prompt, node_id_of, set_inputs
@@ -65,9 +67,11 @@ def with_batches(image_batch: int, reference_batch: int) -> dict:
 EXECUTION_ERRORS = [
     ("wrong checkpoint family", lambda base: with_checkpoint(WRONG_FAMILY_DIT), ["not a Step1X-Edit DiT", "FLUX"]),
     ("truncated checkpoint", lambda base: with_checkpoint(TRUNCATED_DIT), ["truncated", "download"]),
-    # V3 combos are not checked against their options by ComfyUI 0.3.75's validation: the loader reports it.
-    ("missing model file", lambda base: with_checkpoint("step1x-edit-missing.safetensors"),
-     ["step1x-edit-missing.safetensors", "models/diffusion_models"]),
+    ("checkpoint with a gap in its blocks", lambda base: with_checkpoint(GAPPED_DIT),
+     ["(Step1XModelLoader) failed", f"{GAPPED_DIT} is damaged: single_blocks 0 is missing", "Download the file again"]),
+    ("checkpoint with NaN weights", lambda base: with_checkpoint(NAN_DIT),
+     ["(Step1XSampler) failed", "NaN or infinite values, first after step 1 of 2", "damaged weights",
+      "fp16 overflow", "a LoRA with bad values"]),
     ("VAE is not the FLUX VAE", lambda base: set_inputs(edit_prompt(), "VAELoader", vae_name="taesd"),
      ["FLUX VAE", "4-channel"]),
     ("text encoder is not Qwen2.5-VL",
@@ -82,6 +86,9 @@ VALIDATION_ERRORS = [
     ("steps 0", lambda: edit_prompt(steps=0), ["steps", "Value 0 smaller than min of 1"]),
     ("cfg NaN", lambda: edit_prompt(cfg=math.nan), ["cfg must be a finite number"]),
     ("cfg out of range", lambda: edit_prompt(cfg=-1.0), ["cfg must be between 0.0 and 100.0"]),
+    # The loader's validate_inputs answers for ckpt_name instead of ComfyUI's "Value not in list".
+    ("missing model file", lambda: with_checkpoint("step1x-edit-missing.safetensors"),
+     ["step1x-edit-missing.safetensors", "models/diffusion_models", "press R"]),
 ]
 
 

@@ -160,6 +160,6 @@ def test_v12_ui_workflow_loads_and_is_the_api_workflow(server, v12_pipeline, nam
                           queue_with=V12_QUICK_WIDGETS if run else None)
     assert result["missing"] == [], f"node types unknown to the frontend: {result['missing']}"
     assert not any("missing" in text.lower() for text in result["dialogText"]), result["dialogText"]
-    same_graph(result["apiPrompt"], load_v12(name))
+    same_graph(result["apiPrompt"], load_v12(name), server.url)
     if run:
         assert result["entry"]["status"]["status_str"] == "success", json.dumps(result["entry"]["status"])[:3000]

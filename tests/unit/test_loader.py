@@ -9,7 +9,9 @@ from safetensors.torch import load_file, save_file
 
 from model.checkpoint import CheckpointError, quantize_fp8
 from model.key_map import group_official, official_to_diffusers
-from model.loader import inspect_checkpoint, load_step1x_dit
+from model.dit import Step1XEdit
+from model.loader import RELEASE_BLOCKS, block_gaps, check_block_layout, inspect_checkpoint, load_step1x_dit
+from model.params import FULL_SIZE, block_indices
 from tests.golden import model_sets
 from tests.unit.shard_files import write_shards
 
@@ -57,7 +59,7 @@ def test_prefixed_file_loads_identically(tmp_path):
 
 
 def test_diffusers_layout_maps_onto_official_keys(tmp_path):
-    """Split the official tensors the way V12.md §1 describes, then load: every weight must come back."""
+    """Split the official tensors as the fork's diffusers conversion does, then load: every weight comes back."""
     state = tiny_state(V11)
     hidden = state["img_in.weight"].shape[0]
     mlp = state["double_blocks.0.img_mlp.0.weight"].shape[0]
@@ -201,3 +203,90 @@ def test_detected_mlp_width_is_rebuilt_exactly(hidden, width):
     shapes["double_blocks.0.img_attn.norm.query_norm.scale"] = (hidden // 2,)
     params = detect_params(shapes, connector_heads=1, axes_dim=(hidden // 2 - 8, 4, 4))
     assert params.dit.mlp_hidden == width
+
+
+# ---- block layout: full-width key sets (headers only; a full-width file would be 25 GB) -----------------
+
+@pytest.fixture(scope="module")
+def release_keys() -> set[str]:
+    """Every official key of a full-width (release) DiT, from a model built on the meta device."""
+    with torch.device("meta"):
+        return set(Step1XEdit(FULL_SIZE["v1.1"]).state_dict())
+
+
+def without_blocks(keys: set[str], stack: str, numbers) -> set[str]:
+    return {k for k in keys if not any(k.startswith(f"{stack}.{n}.") for n in numbers)}
+
+
+FULL_WIDTH_DAMAGE = [
+    ("double block 6 gone", [("double_blocks", [6])], {"double_blocks": ([6], [])},
+     "is damaged: double_blocks 6 is missing ("),
+    ("single blocks cut to half", [("single_blocks", range(19, 38))], {"single_blocks": (list(range(19, 38)), [])},
+     "is damaged: single_blocks 19–37 are missing ("),
+    ("gaps in both stacks", [("double_blocks", [0, 5, 6, 7]), ("single_blocks", [37])],
+     {"double_blocks": ([0, 5, 6, 7], []), "single_blocks": ([37], [])},
+     "double_blocks 0, 5–7 are missing; single_blocks 37 is missing"),
+]
+
+
+@pytest.mark.parametrize("case, removed, gaps, message", FULL_WIDTH_DAMAGE, ids=[c[0] for c in FULL_WIDTH_DAMAGE])
+def test_full_width_file_with_missing_blocks_is_refused_by_name(release_keys, case, removed, gaps, message):
+    keys = release_keys
+    for stack, numbers in removed:
+        keys = without_blocks(keys, stack, numbers)
+    assert block_gaps(keys, RELEASE_BLOCKS.hidden_size) == gaps
+    with pytest.raises(CheckpointError) as error:
+        check_block_layout("step1x-edit-v1p1-official.safetensors", keys, RELEASE_BLOCKS.hidden_size)
+    text = str(error.value)
+    assert text.startswith("step1x-edit-v1p1-official.safetensors ") and message in text
+    assert "has double_blocks 0–18 and single_blocks 0–37" in text and text.endswith("Download the file again.")
+
+
+def test_release_layout_passes_and_a_surplus_block_is_named(release_keys):
+    assert block_gaps(release_keys, RELEASE_BLOCKS.hidden_size) == {}
+    check_block_layout("ok.safetensors", release_keys, RELEASE_BLOCKS.hidden_size)
+    surplus = release_keys | {"double_blocks.19.img_attn.qkv.weight"}
+    with pytest.raises(CheckpointError, match="not a Step1X-Edit release's DiT .*: double_blocks 19 is surplus"):
+        check_block_layout("big.safetensors", surplus, RELEASE_BLOCKS.hidden_size)
+
+
+def test_full_width_diffusers_layout_names_its_own_stacks(release_keys):
+    """The v1.2 / v1.1-diffusers key names, mapped through model/key_map.py like the loader maps them."""
+    kept = without_blocks(without_blocks(release_keys, "single_blocks", range(19, 38)), "double_blocks", [3])
+    with torch.device("meta"):
+        state = {k: v for k, v in Step1XEdit(FULL_SIZE["v1.2"]).state_dict().items() if k in kept}
+    diffusers_keys = official_to_diffusers(state)
+    assert not any(k.startswith(("single_transformer_blocks.19.", "transformer_blocks.3.")) for k in diffusers_keys)
+    with pytest.raises(CheckpointError) as error:
+        check_block_layout("transformer", group_official(diffusers_keys), RELEASE_BLOCKS.hidden_size, "diffusers")
+    assert str(error.value) == (
+        "transformer is damaged: transformer_blocks 3 is missing; single_transformer_blocks 19–37 are missing "
+        "(every Step1X-Edit release at width 3072 has transformer_blocks 0–18 and single_transformer_blocks 0–37). "
+        "Download the file again.")
+
+
+# ---- block layout: tiny files through the loader ----------------------------------------------------
+
+def test_tiny_file_with_a_gap_in_its_blocks_is_refused(tmp_path):
+    """The last single block renumbered one up: the file has a hole where it was."""
+    state = tiny_state(V11)
+    last = max(block_indices(state, "single_blocks"))
+    gapped = {k.replace(f"single_blocks.{last}.", f"single_blocks.{last + 1}.", 1): v for k, v in state.items()}
+    with pytest.raises(CheckpointError) as error:
+        load(_save(tmp_path, "gapped.safetensors", gapped), V11)
+    assert str(error.value) == (
+        f"gapped.safetensors is damaged: single_blocks {last} is missing (the blocks of each stack must be "
+        "numbered from 0 without gaps). Download the file again.")
+    write_shards(tmp_path / "transformer", official_to_diffusers(gapped), count=2)
+    with pytest.raises(CheckpointError, match=f"^transformer is damaged: single_transformer_blocks {last} is missing"):
+        load(tmp_path, V11)
+
+
+def test_tiny_file_with_fewer_blocks_still_loads(tmp_path):
+    """A narrow model may have any block count, as long as the numbers run from 0 without gaps."""
+    state = tiny_state(V11)
+    last = max(block_indices(state, "single_blocks"))
+    fewer = {k: v for k, v in state.items() if not k.startswith(f"single_blocks.{last}.")}
+    model, info = load(_save(tmp_path, "fewer.safetensors", fewer), V11)
+    assert info.params.dit.depth_single_blocks == last
+    assert_same_weights(model, fewer)

@@ -1,4 +1,4 @@
-"""model/lora.py against the golden LoRA case (SPEC.md §8, §11): parsing, ignored keys, the merge,
+"""model/lora.py against the golden LoRA case (official ``library/lora_module.py``): parsing, ignored keys, the merge,
 and the errors for files that are not Step1X-Edit kohya LoRAs. Everything comes from the manifests."""
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ from tests.golden import assert_close, model_sets
 LORA_FILE = "lora.safetensors"
 MERGED_FILE = "lora_merged.safetensors"
 LORA_SETS = [s for s in model_sets() if s.has(LORA_FILE) and s.has(MERGED_FILE)]
-# Multipliers other than the fixture's: the official rule is linear in m (SPEC.md §8).
+# Multipliers other than the fixture's: the official rule is linear in m (``LoRAInfModule.merge_to``).
 OTHER_STRENGTHS = (0.5, -1.25, 2.0)
-# The Linears SPEC.md §8 names as LoRA targets outside the blocks.
+# The Linears the official ``LoRANetwork`` targets outside the blocks.
 INPUT_LAYERS = {"img_in", "time_in.in_layer", "time_in.out_layer", "vector_in.in_layer", "vector_in.out_layer",
                 "txt_in"}
 

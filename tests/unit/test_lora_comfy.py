@@ -163,8 +163,10 @@ def fp8_spacing(x: torch.Tensor) -> torch.Tensor:
 
 
 def test_scaled_fp8_weights_are_patched_like_comfyui_does(comfy, fixture_set, lora_sd, expected):
-    """fp8 storage: each patched weight is the fp32 merge requantised with the layer's own scale —
-    by ComfyUI's stochastic rounding, or clamped to the scale's range — and comes back bit-exactly."""
+    """fp8 storage: each patched weight is the fp32 merge requantised by ComfyUI's stochastic rounding —
+    with the layer's own scale, clamped to its range (scaled-fp8 layers), or with a new absmax scale
+    (per-layer comfy_quant layers) — and comes back bit-exactly."""
+    scale_key = import_node_module("nodes.comfy_compat").FP8_SCALE_KEY
     model = load_model(comfy, fixture_set, "fp8_e4m3fn")
     original = loaded_weights(model)
     base = fixture_set.tensors("tiny_model.safetensors")
@@ -172,8 +174,8 @@ def test_scaled_fp8_weights_are_patched_like_comfyui_does(comfy, fixture_set, lo
     fp8_keys = [k for k in expected if original[k].dtype == FP8]
     assert fp8_keys, "the fp8 model has no fp8 weight the LoRA patches"
     for key in fp8_keys:
-        scale = original[key.removesuffix("weight") + "scale_weight"]
-        before = original[key].float() * scale
+        before = original[key].float() * original[key.removesuffix("weight") + scale_key]
+        scale = merged[key.removesuffix("weight") + scale_key]
         target = (before + expected[key] - base[key]) / scale
         after = merged[key].float()
         in_range = target.abs() <= torch.finfo(FP8).max

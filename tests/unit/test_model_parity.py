@@ -149,7 +149,7 @@ def test_per_branch_loop_reproduces_the_batched_v11_loop():
 
 def test_renorm_defaults_follow_each_release():
     """v1.2 renormalises every step of a 28-step 1024² edit (the fork's σ·1000 > 0.93); the official
-    v1.1 rule (σ > 0.93) only the first ones; v1.0 never (V12.md §6.2, SPEC.md §12.2)."""
+    v1.1 rule (σ > 0.93) only the first ones; v1.0 never (official ``ImageGenerator.denoise``; fork ``__call__``)."""
     times = sampling.get_schedule(28, 4096)[:-1]
     renormalised = {v: int((times > s.renorm_threshold).sum()) for v, s in VERSIONS.items()}
     assert renormalised["v1.2"] == 28

@@ -110,7 +110,7 @@ class RecordingVAE(StandInVAE):
 
 
 def test_bilinear_antialias_resizes_the_float_image_as_v12_does(latent_nodes, sampling):
-    """v1.2 (V12.md §4): torch bilinear + antialias on [0, 1] floats, no 8-bit step, filter recorded."""
+    """v1.2 (fork ``encode_image``): torch bilinear + antialias on [0, 1] floats, no 8-bit step, filter recorded."""
     image = photo(1)
     vae = RecordingVAE()
     latent = latent_nodes.Step1XPackRefLatent.execute(image, vae, SIZE_LEVEL, "bilinear-antialias").result[0]
@@ -138,7 +138,7 @@ def test_unpack_converts_to_8_bits_by_the_sampled_release(latent_nodes, output_s
 
 
 def test_each_release_names_its_pixel_rules():
-    """The switches Pack Ref Latent's warning and Unpack/Decode's rounding follow (SPEC.md §12.1 #6, V12.md §4)."""
+    """The switches Pack Ref Latent's warning and Unpack/Decode's rounding follow."""
     params = import_pack_module("model.params")
     image_io = import_pack_module("model.image_io")
     rules = {version: (switches.input_resize, switches.output_rounding) for version, switches in params.VERSIONS.items()}

@@ -3,6 +3,7 @@ it layer by layer (--lowvram) with the same result; fp8 keeps fp8 weights with p
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +14,13 @@ from tests.unit.comfy_support import import_node_module
 from tests.unit.vlm_support import import_pack_module
 
 STEPS, LATENT_SIDE, TEXT_LEN = 2, 8, 12
+# fp8 block weights (one absmax scale per tensor) against full precision, relative L2 of the tiny
+# model's 2-step edit: measured 2.1e-2 with either kind of ComfyUI fp8 layer.
+FP8_EDIT_RELATIVE_L2 = 0.05
+
+
+def relative_l2(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return float((actual.float() - expected.float()).norm() / expected.float().norm())
 
 
 @pytest.fixture(scope="module")
@@ -54,32 +62,40 @@ def test_every_linear_is_a_comfy_ops_layer(loader, tiny_checkpoint):
     assert patcher.model.latent_format.scale_factor == 0.3611
 
 
-def test_streamed_lowvram_load_gives_the_full_load_result(loader, tiny_checkpoint):
-    full = loader.load_step1x_model(tiny_checkpoint, "default", "auto")
+@pytest.mark.parametrize("weight_dtype", ["default", "fp8_e4m3fn"])
+def test_streamed_lowvram_load_gives_the_full_load_result(loader, tiny_checkpoint, weight_dtype):
+    full = loader.load_step1x_model(tiny_checkpoint, weight_dtype, "auto")
     full.load(torch.device("cpu"), full_load=True)
     expected = edit_once(full)
-    streamed = loader.load_step1x_model(tiny_checkpoint, "default", "auto")
+    streamed = loader.load_step1x_model(tiny_checkpoint, weight_dtype, "auto")
     streamed.load(torch.device("cpu"), lowvram_model_memory=1)   # 1 byte "free": every layer streams
     assert streamed.model.model_lowvram
-    assert all(m.comfy_cast_weights for m in streamed.model.modules() if isinstance(m, torch.nn.Linear))
+    is_linear = import_pack_module("model.layers").is_linear
+    linears = [m for m in streamed.model.modules() if is_linear(m)]
+    assert linears and all(m.comfy_cast_weights for m in linears)
     torch.testing.assert_close(edit_once(streamed), expected, rtol=0, atol=0)
 
 
 def test_fp8_weight_dtype_keeps_fp8_weights_with_scales(loader, tiny_checkpoint):
+    compat = import_node_module("nodes.comfy_compat")
     patcher = loader.load_step1x_model(tiny_checkpoint, "fp8_e4m3fn", "auto")
-    block_linear = patcher.model.double_blocks[0].img_attn.qkv
-    assert block_linear.weight.dtype == torch.float8_e4m3fn
-    assert block_linear.scale_weight.dtype == torch.float32
+    stored = patcher.model.double_blocks[0].img_attn.qkv.state_dict()
+    assert stored["weight"].dtype == torch.float8_e4m3fn
+    assert stored[compat.FP8_SCALE_KEY].dtype == torch.float32 and stored[compat.FP8_SCALE_KEY].numel() == 1
+    embedder = patcher.model.img_in.state_dict()   # outside the blocks: compute dtype
+    assert embedder["weight"].dtype == patcher.model.compute_dtype
     assert patcher.model.compute_dtype in (torch.bfloat16, torch.float32)
     result = edit_once(patcher)
     assert torch.isfinite(result).all()
+    full = edit_once(loader.load_step1x_model(tiny_checkpoint, "default", "auto"))
+    assert 0 < relative_l2(result, full) < FP8_EDIT_RELATIVE_L2
 
 
 def test_fast_fp8_falls_back_to_the_fp8_result_without_fp8_matmul(loader, tiny_checkpoint):
     """On a device without fp8 tensor cores (this CPU) fp8_e4m3fn_fast stores fp8 and computes like fp8_e4m3fn."""
     plain = edit_once(loader.load_step1x_model(tiny_checkpoint, "fp8_e4m3fn", "auto"))
     fast_patcher = loader.load_step1x_model(tiny_checkpoint, "fp8_e4m3fn_fast", "auto")
-    assert fast_patcher.model.double_blocks[0].img_attn.qkv.weight.dtype == torch.float8_e4m3fn
+    assert fast_patcher.model.double_blocks[0].img_attn.qkv.state_dict()["weight"].dtype == torch.float8_e4m3fn
     torch.testing.assert_close(edit_once(fast_patcher), plain, rtol=0, atol=0)
 
 
@@ -96,3 +112,16 @@ def test_checkpoint_headers_are_read_once(loader, tiny_checkpoint, monkeypatch):
     patcher = loader.load_step1x_model(tiny_checkpoint, "default", "auto")
     assert reads == ["step1x-edit-v1p1-official.safetensors"]
     assert patcher.model.params.version == "v1.1"
+
+
+def test_a_missing_file_is_refused_at_validation_with_the_folder_and_the_fix(loader, tiny_checkpoint, monkeypatch):
+    import folder_paths
+
+    folder = str(Path(tiny_checkpoint).parent)
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, loader.MODEL_FOLDER, ([folder], {".safetensors"}))
+    node = loader.Step1XModelLoader
+    assert node.validate_inputs(Path(tiny_checkpoint).name) is True
+    message = node.validate_inputs("step1x-edit-missing.safetensors")
+    assert "step1x-edit-missing.safetensors is not in models/diffusion_models" in message and "press R" in message
+    with pytest.raises(FileNotFoundError, match="press R"):
+        node.execute("step1x-edit-missing.safetensors", "default", "auto")

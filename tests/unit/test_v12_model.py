@@ -1,4 +1,4 @@
-"""v1.2 DiT, loader and sampling against the diffusers-layout golden sets (golden ``v1_2/``, V12.md §8).
+"""v1.2 DiT, loader and sampling against the diffusers-layout golden sets (golden ``v1_2/``).
 
 Configs, inputs and tolerances come from each set's manifest; the diffusers config names are mapped
 onto :class:`model.params.DiTParams` here.

@@ -1,4 +1,4 @@
-"""v1.2 thinker logic (model/thinker*.py) against golden ``thinker_v1_2/`` (V12.md §5): exact prompts,
+"""v1.2 thinker logic (model/thinker*.py) against golden ``thinker_v1_2/``: exact prompts,
 answer parsing and caps, retry fallbacks, and whole reflection loops replayed from scripted answers."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""v1.2 encoder (model/vlm_v12_*.py, nodes/vlm_v12_hf.py) against golden ``vlm_v1_2/`` (V12.md §3, §8).
+"""v1.2 encoder (model/vlm_v12_*.py, nodes/vlm_v12_hf.py) against golden ``vlm_v1_2/``.
 
 Every case, the model folder and every tolerance come from the set's manifest. Reference embeddings
 are bfloat16 (the release's dtype): an fp32 result is compared unrounded, with the reference's own

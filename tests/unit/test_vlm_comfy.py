@@ -94,15 +94,38 @@ def encoder(vlm_comfy):
     return encoder
 
 
-def test_comfyui_version_is_the_tested_one(vlm_comfy):
-    assert vlm_comfy.comfyui_version() == vlm_comfy.TESTED_COMFYUI_VERSION
+def test_this_comfyui_has_every_internal_the_clip_route_uses(vlm_comfy):
     vlm_comfy.check_comfy_internals()
 
 
-def test_vit_of_this_comfyui_needs_the_raster_order_fix(vlm_comfy):
+def test_a_missing_internal_is_named_with_the_way_out(vlm_comfy, monkeypatch):
+    monkeypatch.setattr(vlm_comfy, "QWEN_VL_MISSING", ["llama.Qwen25_7BVLI"])
+    with pytest.raises(RuntimeError, match=r"lacks llama\.Qwen25_7BVLI\. Use the Hugging Face folder input"):
+        vlm_comfy.check_comfy_internals()
+
+
+def test_vit_tokens_come_out_in_raster_order_whatever_this_comfyui_returns(vlm_comfy):
+    """Whichever order this ComfyUI's ViT returns (window order in 0.3.75), the route sees raster order,
+    as the official Hugging Face model gives it. A ViT without blocks maps each merged token from its own
+    patches only, so raster order is the merger of the patch embedding."""
+    import comfy.ops
     from comfy.text_encoders import qwen_vl
 
-    assert vlm_comfy.vit_returns_window_order(qwen_vl.Qwen2VLVisionTransformer) is True
+    generator = torch.Generator().manual_seed(1)
+    width = vlm_comfy.PROBE_WIDTH
+    vit = qwen_vl.Qwen2VLVisionTransformer(hidden_size=width, output_hidden_size=width, intermediate_size=width,
+                                           num_heads=1, num_layers=0, ops=comfy.ops.manual_cast)
+    with torch.no_grad():
+        for parameter in vit.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator))
+    grid = torch.tensor([vlm_comfy.PROBE_GRID])
+    pixels = torch.randn(vlm_comfy.PROBE_GRID[1] * vlm_comfy.PROBE_GRID[2], vit.patch_embed.proj.weight[0].numel(),
+                         generator=generator)
+    with torch.no_grad():
+        raster = vit.merger(vit.patch_embed(pixels))
+        with vlm_comfy._raster_order(vit):
+            out = vit(pixels, grid)
+    torch.testing.assert_close(out, raster)
 
 
 @pytest.mark.parametrize("name", case_names())

@@ -95,7 +95,7 @@ SDPA_REFERENCE_KEY = "emb_without_fa2_padding_semantics"  # stored for cases wit
 
 def release_semantics_reference(case: VLMCase, row: int, flash_padding: bool) -> torch.Tensor:
     """Expected emb of a row: without flash-attention padding (v1.1's SDPA), rows with id 0 use the
-    fixture's SDPA tensor; every other row is the same under both (VLM.md §4)."""
+    fixture's SDPA tensor; every other row is the same under both."""
     if flash_padding or not case.rows[row]["id0_positions"]:
         return case.tensors["emb"][row]
     assert SDPA_REFERENCE_KEY in case.tensors, f"{case.name} has id-0 tokens but no {SDPA_REFERENCE_KEY}"
