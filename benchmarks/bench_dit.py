@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import statistics
 import sys
 import time
@@ -20,7 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model import attention, fp8, layers  # noqa: E402
+from benchmarks import fp8_rowwise as fp8  # noqa: E402
+from model import attention, layers  # noqa: E402
 from model.dit import Step1XEdit  # noqa: E402
 from model.params import FULL_SIZE  # noqa: E402
 from model.sampling import SamplingInputs, get_schedule, make_noise, sample  # noqa: E402
@@ -29,6 +31,17 @@ GIB = 1024**3
 TEXT_TOKENS = 640  # the official text window (``ImageGenerator`` ``max_length``)
 CFG_BATCH = 2
 WEIGHT_STD = 0.02
+
+
+def make_out_dir(path: Path) -> Path:
+    """Create the results folder before any work, so that a run cannot fail at its end for want of it."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise SystemExit(f"cannot create the results folder {path}: {error}") from None
+    if not os.access(path, os.W_OK):
+        raise SystemExit(f"the results folder {path} is not writable")
+    return path
 
 
 def flops_per_step(params, n_noise: int, with_ref: bool = True) -> tuple[float, float]:
@@ -45,9 +58,9 @@ def flops_per_step(params, n_noise: int, with_ref: bool = True) -> tuple[float, 
     return float(linear), float(attn)
 
 
-def random_model(device: torch.device) -> Step1XEdit:
-    """Full-size v1.1 model in bf16 built with the fp8-capable Linear (plain bf16 until quantised)."""
-    params = FULL_SIZE["v1.1"]
+def random_model(device: torch.device, params=FULL_SIZE["v1.1"]) -> Step1XEdit:
+    """v1.1 model (full size unless ``params`` says otherwise) in bf16 built with the fp8-capable Linear
+    (plain bf16 until quantised); each tensor drawn where it lives, on ``device``."""
     with torch.device("meta"):
         model = Step1XEdit(params, dtype=torch.bfloat16, operations=fp8.fp8_ops)
     model.allow_fused_linears(fp8.Linear)  # its forward is F.linear while the weight is not fp8
