@@ -19,7 +19,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.bench_dit import GIB, edit_inputs, flops_per_step, full_edit, random_model, relative_error  # noqa: E402
+from benchmarks.bench_dit import (  # noqa: E402
+    GIB, edit_inputs, flops_per_step, full_edit, make_out_dir, random_model, relative_error)
 from model.checkpoint import quantize_fp8  # noqa: E402
 from model.dit import Step1XEdit  # noqa: E402
 from model.loader import FP8_BLOCK_PREFIXES  # noqa: E402
@@ -82,7 +83,7 @@ def dit_lowvram(budgets_gib: list[float], size: int, device, compiled: bool, wei
     model.to_empty(device="cpu")
     fill_random_from_gpu(model, device)
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=torch.device("cpu"))
-    if compiled:  # what Load Step1X Model's torch_compile does (nodes/node_sampler.run_compiled_or_eager)
+    if compiled:  # what Load Step1X Model's torch_compile does (nodes/dit_runtime.py run_compiled_or_eager)
         for block in [*model.double_blocks, *model.single_blocks]:
             block.compile()
     inputs = edit_inputs(size, 28, device, model.params)
@@ -234,6 +235,7 @@ def main() -> None:
     parser.add_argument("--weights", choices=["bf16", "fp8"], default="bf16")
     parser.add_argument("--fp8-matmul", action="store_true", help="ComfyUI's fp8 matrix multiplication (--fast)")
     args = parser.parse_args()
+    make_out_dir(args.out)
     sys.path.insert(0, str(args.comfyui.resolve()))
     device = torch.device("cuda")
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")

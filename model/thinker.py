@@ -261,6 +261,7 @@ class ReasoningResult:
     reformat_prompt: str | None
     final_index: int
     reflection_enabled: bool
+    thinking_enabled: bool = False
 
     @property
     def images(self) -> list[Any]:
@@ -272,11 +273,18 @@ class ReasoningResult:
 
     @property
     def think_info(self) -> list[str] | None:
-        return [t.judgement.reflection for t in self.tries] if self.reflection_enabled else None
+        """Each try's reflection. The release's ``__call__`` creates the list when thinking or reflection is
+        on and fills it only when judging, so thinking alone gives ``[]`` and neither gives None."""
+        if self.reflection_enabled:
+            return [t.judgement.reflection for t in self.tries]
+        return [] if self.thinking_enabled else None
 
     @property
     def best_info(self) -> list[dict] | None:
-        return [t.judgement.best_info for t in self.tries] if self.reflection_enabled else None
+        """Each try's scores; ``[]`` / None like :attr:`think_info`."""
+        if self.reflection_enabled:
+            return [t.judgement.best_info for t in self.tries]
+        return [] if self.thinking_enabled else None
 
 
 def reasoning_edit(edit: Edit, thinker: Thinker, source: Any, instruction: str, max_tries: int = 3,
@@ -307,7 +315,7 @@ def reasoning_edit(edit: Edit, thinker: Thinker, source: Any, instruction: str, 
             image, current = source, prompt
     final = choose_best([t.judgement.best_info for t in tries], [t.judgement.reflection for t in tries]) \
         if reflection else 0
-    return ReasoningResult(tries, reformat_prompt, final, reflection)
+    return ReasoningResult(tries, reformat_prompt, final, reflection, thinking)
 
 
 def describe(result: ReasoningResult, instruction: str) -> str:

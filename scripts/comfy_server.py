@@ -19,6 +19,7 @@ from pathlib import Path
 
 PACK_DIR = Path(__file__).resolve().parents[1]
 PACK_NAME = "ComfyUI-Step1X-Edit"   # folder name under custom_nodes/ (also the template-browser group)
+TINY_CLIP_PLUGIN = PACK_DIR / "scripts" / "tiny_clip_loader.py"
 BASE_SUBDIRS = ("custom_nodes", "input", "output", "temp", "user", "models")
 # Log lines of ComfyUI 0.3.75 nodes.py when a pack fails to load (the server keeps running).
 PACK_FAILURE_MARKERS = ("IMPORT FAILED", "Cannot import", "Error while calling comfy_entrypoint",
@@ -54,6 +55,15 @@ def link_models(source: Path, models_dir: Path) -> None:
                     link.unlink()
                 if not link.exists():
                     link.symlink_to(entry, target_is_directory=entry.is_dir())
+
+
+def link_tiny_weights(work_dir: Path, comfyui_dir: Path, base_dir: Path, python: str = sys.executable) -> None:
+    """The tiny stand-ins in base_dir/models, and the plugin that lets core Load CLIP build the tiny
+    Qwen2.5-VL from its single file (scripts/tiny_clip_loader.py) in base_dir/custom_nodes."""
+    link_models(tiny_weights(work_dir, comfyui_dir, python), base_dir / "models")
+    plugin = base_dir / "custom_nodes" / TINY_CLIP_PLUGIN.name
+    if not plugin.exists():
+        plugin.symlink_to(TINY_CLIP_PLUGIN)
 
 
 def prepare_base_dir(base_dir: Path) -> Path:

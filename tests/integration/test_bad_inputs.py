@@ -25,7 +25,7 @@ import pytest
 from bad_files import GAPPED_DIT, NAN_DIT, TEXT_ONLY_ENCODER, TRUNCATED_DIT, WRONG_FAMILY_DIT
 from PIL import Image
 from queue_edit import ComfyError
-from workflow_files import edit_prompt, node_id_of, set_inputs
+from workflow_files import edit_prompt, load_api, node_id_of, quick, set_inputs
 
 RUN_TIMEOUT_S = 300
 
@@ -75,7 +75,8 @@ EXECUTION_ERRORS = [
     ("VAE is not the FLUX VAE", lambda base: set_inputs(edit_prompt(), "VAELoader", vae_name="taesd"),
      ["FLUX VAE", "4-channel"]),
     ("text encoder is not Qwen2.5-VL",
-     lambda base: set_inputs(edit_prompt(), "Step1XVLMEncode", hf_folder=TEXT_ONLY_ENCODER), ["Qwen2.5-VL"]),
+     lambda base: set_inputs(quick(load_api("step1x_edit_hf_folder")), "Step1XVLMEncode", hf_folder=TEXT_ONLY_ENCODER),
+     ["Qwen2.5-VL"]),
     ("image under 16 px", lambda base: pack_only_prompt(write_input_image(base, 12, 40)), ["12×40", "at least 16"]),
     ("image over the size limit", lambda base: pack_only_prompt(write_input_image(base, 16400, 16)),
      ["16400×16", "16384"]),

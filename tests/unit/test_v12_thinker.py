@@ -246,3 +246,27 @@ def test_unrankable_scores_never_crash_the_choice():
 def test_error_answer_to_thinking_raises():
     with pytest.raises(T.MalformedAnswer, match="think"):
         T.Thinker(lambda r: " 错误: busy").think("img", "Make it red.")
+
+
+@pytest.mark.parametrize("thinking, reflection_lists", [(True, []), (False, None)], ids=["thinking", "neither"])
+def test_without_reflection_one_edit_and_the_releases_empty_lists(thinking, reflection_lists):
+    """Reflection off: one edit with the (thought) instruction, no judging. The release's ``think_info`` /
+    ``best_info`` are the empty lists it creates when thinking is on, and absent (None) when it is off."""
+    script = [{"kind": "think", "answer": '  Change the sign text to "OPEN".  '}] if thinking else []
+    vlm = ScriptedVLM(script)
+    edits = []
+
+    def edit(image, prompt, negative_prompt):
+        edits.append((image.name, prompt, negative_prompt))
+        return Named("IMAGE:output_try1", image.size)
+
+    instruction = 'Change the sign text to "OPEN" and make the sky orange.'
+    result = T.reasoning_edit(edit, T.Thinker(vlm), Named("IMAGE:source", (64, 48)), instruction, max_tries=3,
+                              thinking=thinking, reflection=False, negative_prompt="blurry")
+    prompt = 'Change the sign text to "OPEN".' if thinking else instruction
+    assert edits == [("IMAGE:source", prompt, "blurry")]
+    assert [r.kind for r in vlm.requests] == (["think"] if thinking else []) and not vlm.script
+    assert result.reformat_prompt == (prompt if thinking else None)
+    assert result.think_info == reflection_lists and result.best_info == reflection_lists
+    assert [image.name for image in result.images] == ["IMAGE:output_try1"]
+    assert result.final_image.name == "IMAGE:output_try1"

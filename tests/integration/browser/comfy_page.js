@@ -26,4 +26,18 @@ async function openComfy(url) {
   return { browser, page, consoleErrors };
 }
 
-module.exports = { openComfy };
+// Zoom so every node is in view, title bars included: the frontend's "Zoom to fit" command
+// (Comfy.Canvas.FitView: LGraphCanvas.fitViewToSelectionAnimated over all nodes when none is selected, the
+// graph filling 75 % of the canvas, a 350 ms animation), then wait for the animation to end. Fitting
+// tighter makes the canvas drop node text (its low-detail rendering below about 60 % zoom).
+const FIT_VIEW_SETTLE_MS = 600;
+
+async function fitWholeGraph(page) {
+  await page.evaluate(async () => {
+    window.app.canvas.deselectAll();
+    await window.app.extensionManager.command.execute("Comfy.Canvas.FitView");
+  });
+  await page.waitForTimeout(FIT_VIEW_SETTLE_MS);
+}
+
+module.exports = { openComfy, fitWholeGraph };

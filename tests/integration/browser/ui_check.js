@@ -6,7 +6,7 @@
 "use strict";
 
 const fs = require("fs");
-const { openComfy } = require("./comfy_page");
+const { openComfy, fitWholeGraph } = require("./comfy_page");
 
 const RUN_TIMEOUT_MS = 300000;
 
@@ -48,6 +48,7 @@ async function main() {
       return { queued, entry };
     }, { overrides, timeoutMs: RUN_TIMEOUT_MS });
     await page.waitForTimeout(1000);   // let the Save Image node show its picture
+    await fitWholeGraph(page);         // after the picture: it makes the Save Image node taller
     await page.screenshot({ path: screenshot });
     console.log(JSON.stringify({ ...loaded, dialogText, consoleErrors, ...result }));
   } finally {
