@@ -87,8 +87,8 @@ class Step1XEdit(nn.Module):
         p = self.params.dit
         return embed_positions(torch.cat((txt_ids, img_ids), dim=1), p.axes_dim, p.theta)
 
-    def blocks(self, img: Tensor, txt: Tensor, vec: Tensor, pe: Tensor, attn=attention) -> Tensor:
-        """The 19 + 38 blocks and the final layer: image tokens ``[B, N_img, H]`` → ``[B, N_img, 64]``.
+    def stack(self, img: Tensor, txt: Tensor, vec: Tensor, pe: Tensor, attn=attention) -> Tensor:
+        """The 19 + 38 blocks without the final layer: image tokens ``[B, N_img, H]`` → ``[B, N_img, H]``.
 
         ``attn`` is the joint attention (sequence-parallel runs pass :func:`model.parallel.ulysses_attention`).
         """
@@ -97,7 +97,11 @@ class Step1XEdit(nn.Module):
         x = torch.cat((txt, img), dim=1)
         for block in self.single_blocks:
             x = block(x, vec, pe, attn)
-        return self.final_layer(x[:, txt.shape[1] :], vec)
+        return x[:, txt.shape[1] :]
+
+    def blocks(self, img: Tensor, txt: Tensor, vec: Tensor, pe: Tensor, attn=attention) -> Tensor:
+        """:meth:`stack` and the final layer: image tokens ``[B, N_img, H]`` → ``[B, N_img, 64]``."""
+        return self.final_layer(self.stack(img, txt, vec, pe, attn), vec)
 
     def forward(
         self,

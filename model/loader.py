@@ -200,8 +200,9 @@ def read_state_dict(
 
     fp8 weights stored with a per-tensor scale are dequantised (``w·scale``); fp8 biases are upcast.
     With ``fp8_storage`` the Linear weights of the blocks become float8_e4m3fn (kept as stored or
-    quantised with one absmax scale per tensor) and every Linear gets a ``scale_weight`` entry, the
-    layout ComfyUI's ``scaled_fp8_ops`` and :mod:`model.fp8` expect.
+    quantised with one absmax scale per tensor) and every Linear gets a ``scale_weight`` entry: the
+    layout of ComfyUI's ``scaled_fp8_ops``, which nodes/comfy_compat.py also maps onto ComfyUI's per-layer
+    (``comfy_quant``) fp8 layers.
     """
     prefix = info.layout.prefix
     state: dict[str, torch.Tensor] = {}
@@ -241,12 +242,14 @@ def build_step1x_dit(
     device: torch.device | str = "cpu",
     operations=nn,
     fp8_storage: bool = False,
+    model_class: type[Step1XEdit] = Step1XEdit,
 ) -> Step1XEdit:
     """Build and fill the DiT that ``info`` (from :func:`inspect_checkpoint`) describes, without reading the
     headers again. ``operations``' Linear must take a ``scale_weight`` entry when ``fp8_storage``
-    (ComfyUI's fp8 layers as nodes/comfy_compat.py picks them, or :mod:`model.fp8`)."""
+    (ComfyUI's fp8 layers as nodes/comfy_compat.py picks them, or benchmarks/fp8_rowwise.py). ``model_class`` is
+    :class:`Step1XEdit` or a subclass with the same parameters (a host's adapter, e.g. ComfyUI's)."""
     with torch.device("meta"):
-        model = Step1XEdit(info.params, dtype=dtype, operations=operations)
+        model = model_class(info.params, dtype=dtype, operations=operations)
     state = read_state_dict(info, dtype, _linear_weight_keys(model), fp8_storage)
     result = model.load_state_dict(state, strict=True, assign=True)
     if result.missing_keys or result.unexpected_keys:

@@ -7,11 +7,16 @@ import torch
 
 from ..model.image_io import DEFAULT_ROUNDING, U8_MAX, unit_to_uint8
 from ..model.params import RENORM_EVERY_STEP, RENORM_NEVER, RENORM_OFFICIAL, VERSIONS, Step1XParams
+from ..model.sampling import LATENT_CHANNELS, VAE_DOWNSCALE
 
 CATEGORY = "Step1X-Edit"
 # Key the VLM encoder puts in each conditioning's options dict (nodes/node_vlm_encode.py); its value is
 # the encoder release. Conditioning without it comes from another model family (e.g. Qwen-Image).
 CONDITIONING_MARKER = "step1x_edit"
+# v1.2 encodings (Step1X v1.2 VLM Encode, nodes/v12_runtime.py to_conditioning) carry the marker value
+# V12_RELEASE and, per prompt, the DiT's text ids, the quoted-token input embeddings and their mask.
+V12_RELEASE = "v1.2"
+TXT_IDS_KEY, TEXT_EMBEDS_KEY, TEXT_MASK_KEY = "txt_ids", "text_embeds", "text_mask"
 # Extra LATENT key set by Pack Ref Latent: the (width, height) of the input image, so Unpack/Decode
 # can resize the edit back (official ``ImageGenerator.output_process_image``). Core nodes ignore unknown
 # LATENT keys.
@@ -30,8 +35,8 @@ DEFAULT_RESIZE_FILTER = VERSIONS[DEFAULT_RELEASE].input_resize
 # multiples of 16.
 DEFAULT_SIZE_LEVEL = 512
 MIN_SIZE_LEVEL, MAX_SIZE_LEVEL, SIZE_LEVEL_STEP = 256, 2048, 16
-FLUX_LATENT_CHANNELS = 16
-FLUX_VAE_DOWNSCALE = 8
+FLUX_LATENT_CHANNELS = LATENT_CHANNELS
+FLUX_VAE_DOWNSCALE = VAE_DOWNSCALE
 # cfg_renorm, the norm-rescaled CFG threshold (official ``ImageGenerator.denoise`` ``timesteps_truncate``; the
 # diffusers fork's pipelines compare it with σ·1000) of Step1X Sampler and Step1X Reasoning Edit:
 # guidance is renormalised on the steps with t > threshold. 1.0 is off (the v1.0 pipeline), 0.93 the

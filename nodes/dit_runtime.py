@@ -1,20 +1,12 @@
-"""What the samplers share at run time: memory estimate, regional torch.compile, per-step callback."""
+"""The DiT's regional torch.compile with its eager fallback (Load Step1X Model's ``torch_compile``)."""
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
 
-import comfy.model_management as mm
-import latent_preview
 import torch
 
-from ..model.sampling import unpack_latent
-
 logger = logging.getLogger(__name__)
-
-# Rough peak activation memory per joint token and hidden unit, in elements, for the CFG batch of 2:
-# the single-block linear1 output (7·H with mlp ratio 4), attention and residual copies.
-ACTIVATION_ELEMENTS_PER_TOKEN_PER_HIDDEN = 2 * 12
 
 
 def run_compiled_or_eager(net, run: Callable[[], torch.Tensor], backend: str | Callable = "inductor") -> torch.Tensor:
@@ -40,13 +32,3 @@ def run_compiled_or_eager(net, run: Callable[[], torch.Tensor], backend: str | C
         net.compile_failed = True
         with torch.compiler.set_stance("force_eager"):
             return run()
-
-
-def step_callback(model, steps: int, latent_h: int, latent_w: int):
-    """The sampler callback: ComfyUI's progress bar and latent preview, and interruption between steps."""
-    preview = latent_preview.prepare_callback(model, steps)
-
-    def on_step(step: int, total: int, x: torch.Tensor, x0: torch.Tensor) -> None:
-        preview(step, unpack_latent(x0, latent_h, latent_w), None, total)
-        mm.throw_exception_if_processing_interrupted()
-    return on_step

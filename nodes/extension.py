@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
+from .node_core_sampling import Step1XCoreSamplerSetup
 from .node_latent import Step1XPackRefLatent, Step1XUnpackDecode
 from .node_loader import Step1XModelLoader
 from .node_lora import Step1XLoraLoader
@@ -11,10 +12,11 @@ from .node_sampler import Step1XSampler
 from .node_think import Step1XThink
 from .node_v12 import Step1XV12Encode, Step1XV12Loader
 from .node_vlm_encode import Step1XVLMEncode
+from .teacache import Step1XTeaCache
 
 NODES: list[type[io.ComfyNode]] = [
     Step1XModelLoader, Step1XVLMEncode, Step1XPackRefLatent, Step1XSampler, Step1XUnpackDecode,
-    Step1XLoraLoader,
+    Step1XLoraLoader, Step1XCoreSamplerSetup, Step1XTeaCache,
     Step1XV12Loader, Step1XV12Encode, Step1XThink, Step1XReasoningEdit,
 ]
 

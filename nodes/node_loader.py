@@ -1,4 +1,5 @@
-"""Load Step1X Model: the DiT file → ComfyUI MODEL (a ModelPatcher over model.dit.Step1XEdit).
+"""Load Step1X Model: the DiT file → ComfyUI MODEL (a ModelPatcher over the native Step1X model of
+nodes/native_model.py, which holds model.dit.Step1XEdit as its diffusion model).
 
 The network is built with ComfyUI's operations (comfy.ops.pick_operations: manual_cast when the
 weight dtype is not the compute dtype; for fp8 weights the fp8 layers of this ComfyUI, chosen in
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import os
 
-import comfy.latent_formats
 import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.ops
@@ -20,10 +20,11 @@ from comfy_api.latest import io
 
 from ..model.attention import BACKENDS
 from ..model.checkpoint import CheckpointError
-from ..model.dit import Step1XEdit
 from ..model.loader import build_step1x_dit, inspect_checkpoint
+from .cfg_guider import Step1XGuidance
 from .comfy_compat import fp8_operations, model_patcher_class
 from .common import CATEGORY
+from .native_model import Step1XDiffusion, Step1XModel, Step1XModelConfig
 
 MODEL_FOLDER = "diffusion_models"
 WEIGHT_DTYPES = {"default": None, "bf16": torch.bfloat16, "fp8_e4m3fn": torch.float8_e4m3fn,
@@ -32,8 +33,7 @@ WEIGHT_DTYPES = {"default": None, "bf16": torch.bfloat16, "fp8_e4m3fn": torch.fl
 # activations are cast to fp8 unscaled (clamped to ±448). H100, 1024², compiled: 12.8 s per edit
 # instead of 16.2 s (benchmarks/README.md).
 FAST_FP8 = "fp8_e4m3fn_fast"
-# Compute dtypes the DiT runs in: the official run is bf16 (``inference.py``); fp16 overflows FLUX-type DiTs.
-COMPUTE_DTYPES = [torch.bfloat16, torch.float32]
+COMPUTE_DTYPES = Step1XModelConfig.supported_inference_dtypes
 FP8 = torch.float8_e4m3fn
 # Bytes per element of safetensors dtype names: a parameter count from the file size, for
 # ComfyUI's dtype heuristics (mm.unet_dtype).
@@ -41,7 +41,7 @@ SAFETENSORS_DTYPE_BYTES = {"F32": 4, "BF16": 2, "F16": 2, "F8_E4M3": 1, "F8_E5M2
 
 
 def is_step1x_model(model) -> bool:
-    return isinstance(model, comfy.model_patcher.ModelPatcher) and isinstance(model.model, Step1XEdit)
+    return isinstance(model, comfy.model_patcher.ModelPatcher) and isinstance(model.model, Step1XModel)
 
 
 def _weight_and_compute_dtypes(choice: str, file_is_fp8: bool, n_params: int, load_device):
@@ -67,17 +67,18 @@ def load_step1x_model(path: str, weight_dtype_choice: str, attention: str, torch
     else:
         operations = comfy.ops.pick_operations(weight_dtype, compute_dtype, load_device=load_device)
     net = build_step1x_dit(info, dtype=compute_dtype if fp8 else weight_dtype, device=offload_device,
-                           operations=operations, fp8_storage=fp8)
+                           operations=operations, fp8_storage=fp8, model_class=Step1XDiffusion)
     # comfy.ops' Linear is nn.Linear's forward unless it casts or patches (checked per call, model/layers.py).
     net.allow_fused_linears(comfy.ops.disable_weight_init.Linear)
-    net.latent_format = comfy.latent_formats.Flux()   # previews (latent_preview) and process_in/out
     net.compute_dtype = compute_dtype
     net.attention_backend = attention
     net.torch_compile = torch_compile
     net.checkpoint_name = os.path.basename(path)
-    net.eval()
     patcher_class = model_patcher_class(dynamic=not (disable_dynamic or torch_compile))
-    patcher = patcher_class(net, load_device=load_device, offload_device=offload_device)
+    patcher = patcher_class(Step1XModel(net, weight_dtype, compute_dtype, device=offload_device),
+                            load_device=load_device, offload_device=offload_device)
+    # Core samplers guide with the release's CFG rule (nodes/cfg_guider.py); Step1X Sampler sets its own.
+    patcher.set_model_sampler_cfg_function(Step1XGuidance(net.params.switches.renorm_threshold))
     # How core rebuilds a model without dynamic VRAM (ModelPatcher.clone(disable_dynamic=True)).
     patcher.cached_patcher_init = (load_step1x_model, (path, weight_dtype_choice, attention, torch_compile))
     return patcher

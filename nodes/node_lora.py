@@ -1,8 +1,9 @@
 """Step1X LoRA: an official kohya-format Step1X-Edit LoRA as ComfyUI weight patches.
 
 Nothing is merged here and no weight is copied: the node clones the ModelPatcher and adds one
-``LoRAAdapter`` patch per module (``comfy.lora.load_lora`` with a hand-made key map, since
-Step1X-Edit is not one of ComfyUI's ``BaseModel``s). ComfyUI applies the patches when it loads the
+``LoRAAdapter`` patch per module (``comfy.lora.load_lora`` with the pack's own key map, which adds the
+official loader's family checks and alpha rule; core's LoraLoaderModelOnly finds the same kohya names on
+the native model through ``comfy.lora.model_lora_keys_unet``, without them). ComfyUI applies the patches when it loads the
 model and puts the backed-up weights back when the model is loaded without them, so LoRAs stack
 (each node adds its own patches) and removing the node restores the weights exactly.
 
@@ -41,10 +42,13 @@ LORA_FOLDER = "loras"
 STRENGTH_DEFAULT = 1.0
 STRENGTH_LIMIT = 4.0
 STRENGTH_STEP = 0.01
+# Where the DiT's parameters sit in the native model's state dict (comfy/model_base.py BaseModel.diffusion_model).
+DIFFUSION_MODEL_PREFIX = "diffusion_model."
 
 
 def comfy_patches(parsed: ParsedLora) -> dict:
-    """Official weight key → ComfyUI weight patch (a ``LoRAAdapter``) for every module of the LoRA.
+    """Model weight key (``diffusion_model.`` + official key, nodes/native_model.py) → ComfyUI weight patch (a
+    ``LoRAAdapter``) for every module of the LoRA.
 
     The tensors are re-keyed by official module path with the effective alpha (official
     ``LoRAModule``: alpha 0 means alpha = rank), and ``comfy.lora.load_lora`` builds the adapters.
@@ -56,14 +60,14 @@ def comfy_patches(parsed: ParsedLora) -> dict:
         state[f"{module}.{UP}"] = lora.up
         state[f"{module}.{DOWN}"] = lora.down
         state[f"{module}.{ALPHA}"] = torch.tensor(lora.effective_alpha, dtype=torch.float32)
-        key_map[module] = weight_key
+        key_map[module] = DIFFUSION_MODEL_PREFIX + weight_key
     return comfy.lora.load_lora(state, key_map, log_missing=False)
 
 
 def apply_step1x_lora(model: comfy.model_patcher.ModelPatcher, lora_state: dict[str, torch.Tensor],
                       strength: float, lora_name: str) -> comfy.model_patcher.ModelPatcher:
     """A clone of ``model`` carrying the LoRA's patches at ``strength``; raises :class:`LoraError`."""
-    parsed = parse_kohya_lora(lora_state, linear_weight_shapes(model.model))
+    parsed = parse_kohya_lora(lora_state, linear_weight_shapes(model.model.diffusion_model))
     summary = parsed.ignored_summary()
     if summary is not None:
         logger.warning("%s: skipped %s", lora_name, summary)

@@ -17,7 +17,6 @@ from ..model.vlm_image import image_tensor_to_pil
 from .common import (CATEGORY, MAX_SIZE_LEVEL, MIN_SIZE_LEVEL, RENORM_CHOICES, RENORM_TOOLTIP, RENORM_V12_RELEASE,
                      SIZE_LEVEL_STEP, renorm_threshold, uint8_to_image)
 from .node_latent import check_flux_vae
-from .dit_runtime import step_callback
 from .node_sampler import DEFAULT_CFG, DEFAULT_SEED, DEFAULT_STEPS, MAX_SEED, MAX_STEPS
 from .node_v12 import V12_SIZE_LEVEL, Step1XVLM
 from .v12_runtime import V12VLM, SeededVLM, V12Editor, check_v12_model
@@ -78,9 +77,8 @@ class Step1XReasoningEdit(io.ComfyNode):
                 reflection: bool, vlm_attempts: int = MAX_ATTEMPTS) -> io.NodeOutput:
         check_v12_model(model)
         check_flux_vae(vae)
-        threshold = renorm_threshold(cfg_renorm, model.model.params)
-        editor = V12Editor(model, vlm, vae, size_level, seed, steps, cfg, threshold,
-                           lambda h, w: step_callback(model, steps, h, w))
+        threshold = renorm_threshold(cfg_renorm, model.model.diffusion_model.params)
+        editor = V12Editor(model, vlm, vae, size_level, seed, steps, cfg, threshold)
         thinker = Thinker(SeededVLM(vlm, seed), max_attempts=vlm_attempts)
         try:
             result = reasoning_edit(editor, thinker, image_tensor_to_pil(image[0]), instruction, max_tries,

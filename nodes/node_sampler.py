@@ -1,26 +1,24 @@
-"""Step1X Sampler: the official flow-matching Euler loop for every release.
+"""Step1X Sampler: the official edit in one node, for every release.
 
-v1.0 / v1.1 conditioning runs as one CFG batch (model.sampling.sample); v1.2 conditioning, whose
-instruction and negative differ in length, as one DiT call per branch (model.branch_sampling). ComfyUI
-supplies the rest through the per-step callback (nodes/dit_runtime.py): progress bar, latent previews
-and interruption between steps.
+Official noise (CPU-seeded, model/sampling.py make_noise), the official schedule, Euler, CFG and its
+renormalisation, computed through core's sampling machinery (nodes/cfg_guider.py sample_step1x: a CFGGuider
+over the native model of nodes/native_model.py), so model patches and wrappers apply. v1.0 / v1.1
+instruction and negative run as one CFG batch; v1.2's, of different lengths, as one DiT call each.
 """
 from __future__ import annotations
 
 import logging
 import math
 
-import comfy.model_management as mm
 import torch
 from comfy_api.latest import io
 
-from ..model.attention import set_attention_backend
-from ..model.sampling import PIXELS_PER_TOKEN, SamplingInputs, get_schedule, make_noise, sample
+from ..model.sampling import PIXELS_PER_TOKEN, make_noise
+from .cfg_guider import sample_step1x
 from .common import (CATEGORY, CONDITIONING_MARKER, FLUX_LATENT_CHANNELS, ORIGINAL_SIZE_KEY, OUTPUT_ROUNDING_KEY,
                      RENORM_CHOICES, RENORM_MODEL_DEFAULT, RENORM_TOOLTIP, RESIZE_FILTER_KEY, renorm_threshold)
-from .dit_runtime import ACTIVATION_ELEMENTS_PER_TOKEN_PER_HIDDEN, run_compiled_or_eager, step_callback
+from .native_model import check_conditioning, not_step1x_message
 from .node_loader import is_step1x_model
-from .v12_runtime import V12_RELEASE, branch_from_conditioning, sample_v12
 
 logger = logging.getLogger(__name__)
 
@@ -32,22 +30,15 @@ MAX_STEPS = 1000
 CFG_MIN, CFG_MAX = 0.0, 100.0
 
 
-def split_conditioning(conditioning, role: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Step1X VLM conditioning → (embedding [B, L, D], mask [B, L]); refuses other model families."""
+def single_conditioning(conditioning, role: str) -> tuple[torch.Tensor, dict]:
+    """The one ``(embedding [B, L, D], options)`` entry of a Step1X CONDITIONING; refuses other model families
+    and combined conditioning (the official edit has one instruction and one negative per image)."""
     if not conditioning or len(conditioning[0]) != 2 or CONDITIONING_MARKER not in conditioning[0][1]:
-        raise ValueError(
-            f"the {role} conditioning is not from 'VLM Encode Instruction + Image' (it has no '{CONDITIONING_MARKER}' "
-            "marker; e.g. Qwen-Image or CLIP Text Encode conditioning). Step1X-Edit needs its own encoding: connect "
-            "the VLM Encode node's output."
-        )
+        raise ValueError(not_step1x_message(role))
     if len(conditioning) > 1:
         raise ValueError(f"the {role} conditioning holds {len(conditioning)} entries (combined or concatenated "
                          "conditioning); connect the VLM Encode output directly.")
-    embedding, options = conditioning[0]
-    mask = options.get("attention_mask")
-    if mask is None:
-        mask = torch.ones(embedding.shape[:2], dtype=torch.int64)
-    return embedding, mask
+    return conditioning[0]
 
 
 def common_batch(**sizes: int) -> int:
@@ -58,10 +49,6 @@ def common_batch(**sizes: int) -> int:
         raise ValueError(f"batch sizes do not match ({listed}). Give every input the same batch size, or batch 1 to "
                          "use it for all images (e.g. encode the instruction with the same image batch).")
     return batch
-
-
-def repeat_to(tensor: torch.Tensor, batch: int) -> torch.Tensor:
-    return tensor if tensor.shape[0] == batch else tensor.repeat(batch, *([1] * (tensor.ndim - 1)))
 
 
 def check_latent(latent: torch.Tensor, role: str) -> None:
@@ -145,68 +132,24 @@ class Step1XSampler(io.ComfyNode):
         if (ref_latent is None) == (empty_latent is None):
             raise ValueError("connect exactly one of ref_latent (editing, from Pack Ref Latent) and empty_latent "
                              "(text-to-image, from EmptySD3LatentImage).")
-        params = model.model.params
-        latent = (ref_latent if ref_latent is not None else empty_latent)["samples"]
-        check_latent(latent, "reference" if ref_latent is not None else "empty")
-        if ref_latent is not None:
+        net = model.model.diffusion_model
+        params = net.params
+        is_edit = ref_latent is not None
+        latent = (ref_latent if is_edit else empty_latent)["samples"]
+        check_latent(latent, "reference" if is_edit else "empty")
+        if is_edit:
             warn_on_resize_mismatch(ref_latent, params)
-        threshold = renorm_threshold(cfg_renorm, params)
-        callback = step_callback(model, steps, *latent.shape[2:])
-        if is_v12_conditioning(positive):
-            if ref_latent is None:
-                raise ValueError("v1.2 conditioning edits an image: connect ref_latent (Pack Ref Latent).")
-            noise = make_noise(seed, latent.shape[0], *latent.shape[2:])
-            samples = sample_v12(model, branch_from_conditioning(positive, "positive"),
-                                 branch_from_conditioning(negative, "negative"), latent, noise, steps, cfg, threshold,
-                                 callback, shift=shift_schedule)
-        else:
-            samples = sample_batched(model, positive, negative, latent, ref_latent is not None, seed, steps, cfg,
-                                     threshold, shift_schedule, callback)
+        embeddings = {}
+        for role, conditioning in (("positive", positive), ("negative", negative)):
+            embeddings[role], options = single_conditioning(conditioning, role)
+            check_conditioning(net, embeddings[role], options, role, is_edit)
+        warn_on_release_mismatch(positive, params.version)
+        batch = common_batch(positive=embeddings["positive"].shape[0], negative=embeddings["negative"].shape[0],
+                             latent=latent.shape[0])
+        noise = make_noise(seed, batch, *latent.shape[2:])
+        samples = sample_step1x(model, positive, negative, latent if is_edit else None, noise, steps, cfg,
+                                renorm_threshold(cfg_renorm, params), shift_schedule, seed)
         out = {"samples": samples, OUTPUT_ROUNDING_KEY: params.switches.output_rounding}
         if ref_latent is not None and ORIGINAL_SIZE_KEY in ref_latent:
             out[ORIGINAL_SIZE_KEY] = ref_latent[ORIGINAL_SIZE_KEY]
         return io.NodeOutput(out)
-
-
-def is_v12_conditioning(conditioning) -> bool:
-    return bool(conditioning) and len(conditioning[0]) == 2 and conditioning[0][1].get(CONDITIONING_MARKER) == V12_RELEASE
-
-
-def sample_batched(model, positive, negative, latent: torch.Tensor, is_edit: bool, seed: int, steps: int, cfg: float,
-                   threshold: float, shift: bool, callback) -> torch.Tensor:
-    """v1.0 / v1.1 conditioning: one CFG batch per step → raw FLUX latent on the intermediate device."""
-    net = model.model
-    params = net.params
-    if params.switches.text_token_mapping:
-        raise ValueError(f"{net.checkpoint_name} is Step1X-Edit {params.version}: encode with 'Step1X v1.2 VLM "
-                         "Encode' (its own Qwen2.5-VL), not 'VLM Encode Instruction + Image'.")
-    cond, cond_mask = split_conditioning(positive, "positive")
-    uncond, uncond_mask = split_conditioning(negative, "negative")
-    warn_on_release_mismatch(positive, params.version)
-    for role, embedding in (("positive", cond), ("negative", uncond)):
-        if embedding.shape[-1] != params.connector.in_channels:
-            raise ValueError(
-                f"the {role} conditioning is {embedding.shape[-1]} wide but {net.checkpoint_name} expects "
-                f"{params.connector.in_channels} (its Qwen2.5-VL hidden size): the text encoder does not match "
-                "this checkpoint (Step1X-Edit uses Qwen2.5-VL-7B-Instruct, 3584).")
-    if not is_edit and not params.switches.supports_text_to_image:
-        raise ValueError(f"{net.checkpoint_name} is Step1X-Edit {params.version}, which only edits; text-to-image "
-                         "needs the v1.1 file (step1x-edit-v1p1-official.safetensors).")
-    batch = common_batch(positive=cond.shape[0], negative=uncond.shape[0], latent=latent.shape[0])
-    _, _, latent_h, latent_w = latent.shape
-    latent_format = net.latent_format
-    inputs = SamplingInputs(
-        noise=make_noise(seed, batch, latent_h, latent_w),
-        ref_latent=latent_format.process_in(repeat_to(latent, batch).float()) if is_edit else None,
-        cond=repeat_to(cond, batch), cond_mask=repeat_to(cond_mask, batch),
-        uncond=repeat_to(uncond, batch), uncond_mask=repeat_to(uncond_mask, batch),
-        timesteps=get_schedule(steps, (latent_h // 2) * (latent_w // 2), shift=shift),
-    )
-    tokens = cond.shape[1] + (latent_h // 2) * (latent_w // 2) * (2 if is_edit else 1)
-    element_bytes = torch.finfo(net.compute_dtype).bits // 8
-    memory = tokens * batch * params.dit.hidden_size * ACTIVATION_ELEMENTS_PER_TOKEN_PER_HIDDEN * element_bytes
-    mm.load_models_gpu([model], memory_required=memory)
-    set_attention_backend(net.attention_backend)
-    result = run_compiled_or_eager(net, lambda: sample(net, inputs, cfg, threshold, params.switches,
-                                                       net.compute_dtype, model.load_device, callback=callback))
-    return latent_format.process_out(result).to(mm.intermediate_device())

@@ -2,9 +2,9 @@
 
 The node files (node_v12.py, node_think.py, node_reasoning_edit.py) are thin; what they share lives
 here: the ``STEP1X_VLM`` handle (a Qwen2.5-VL folder, loaded on first use as a ComfyUI-managed model
-so model_management offloads it when the DiT needs the memory), the v1.2 conditioning layout, the
-v1.2 sampling call, and :class:`V12Editor`, the release's single edit (``encode_prompt`` → ``__call__``) used as the
-reasoning loop's ``edit`` callable.
+so model_management offloads it when the DiT needs the memory), the v1.2 conditioning layout, and
+:class:`V12Editor`, the release's single edit (``encode_prompt`` → ``__call__``, sampled by Step1X Sampler's runner,
+nodes/cfg_guider.py) used as the reasoning loop's ``edit`` callable.
 """
 from __future__ import annotations
 
@@ -16,21 +16,16 @@ import comfy.model_patcher
 import torch
 from PIL import Image
 
-from ..model.attention import set_attention_backend
-from ..model.branch_sampling import BranchText, sample_per_branch
 from ..model.checkpoint_folder import INDEX_SUFFIX, TRANSFORMER_SUBFOLDER
 from ..model.image_io import OUTPUT_RESAMPLE, resize_unit_to_size_level, unit_to_uint8
 from ..model.params import VERSIONS
-from ..model.sampling import LATENT_CHANNELS, get_schedule
+from ..model.sampling import LATENT_CHANNELS
 from ..model.vlm_image import pil_to_image_tensor
 from ..model.vlm_v12_encode import V12Encoding, encode_v12, vlm_source_image
-from .common import CONDITIONING_MARKER
-from .dit_runtime import ACTIVATION_ELEMENTS_PER_TOKEN_PER_HIDDEN, run_compiled_or_eager
+from .cfg_guider import sample_step1x
+from .common import CONDITIONING_MARKER, TEXT_EMBEDS_KEY, TEXT_MASK_KEY, TXT_IDS_KEY, V12_RELEASE
+from .native_model import needs_v12_model_message
 from .vlm_v12_hf import HFQwen25VLV12, V12TextEncoderFolders
-
-V12_RELEASE = "v1.2"  # the conditioning marker's value for v1.2 encodings
-TXT_IDS_KEY, TEXT_EMBEDS_KEY, TEXT_MASK_KEY = "txt_ids", "text_embeds", "text_mask"
-CFG_BRANCHES = 2  # node_sampler's activation estimate is for the CFG batch of 2; v1.2 runs one branch at a time
 
 _vlm_patchers: dict[tuple[str, torch.dtype], comfy.model_patcher.ModelPatcher] = {}
 
@@ -75,49 +70,11 @@ def to_conditioning(encoding: V12Encoding) -> list:
         TEXT_MASK_KEY: encoding.text_mask.to(device)}]]
 
 
-def branch_from_conditioning(conditioning, role: str) -> BranchText:
-    """The v1.2 text of one CFG branch; a clear error for any other conditioning."""
-    options = conditioning[0][1] if conditioning and len(conditioning[0]) == 2 else {}
-    if options.get(CONDITIONING_MARKER) != V12_RELEASE or TXT_IDS_KEY not in options:
-        raise ValueError(f"the {role} conditioning is not a v1.2 encoding: connect 'Step1X v1.2 VLM Encode' "
-                         "(v1.2 needs its own encoder: Qwen-derived text ids and the quoted-text embeddings).")
-    if len(conditioning) > 1:
-        raise ValueError(f"the {role} conditioning holds {len(conditioning)} entries; connect the v1.2 encoder "
-                         "output directly.")
-    embedding = conditioning[0][0]
-    return BranchText(embedding, options["attention_mask"], options[TXT_IDS_KEY], options[TEXT_EMBEDS_KEY],
-                      options[TEXT_MASK_KEY])
-
-
 def check_v12_model(model) -> None:
-    net = getattr(model, "model", None)
-    if getattr(getattr(net, "params", None), "version", None) != V12_RELEASE:
-        version = getattr(getattr(net, "params", None), "version", "not Step1X-Edit")
-        raise ValueError(f"this MODEL is {version}; v1.2 conditioning needs the Step1X-Edit v1.2 DiT "
-                         "('Load Step1X-Edit v1.2' or a v1.2 diffusers file in 'Load Step1X Model').")
-
-
-def sample_v12(model, cond: BranchText, uncond: BranchText, ref_latent: torch.Tensor | None, noise: torch.Tensor,
-               steps: int, cfg: float, threshold: float, callback=None, shift: bool = True) -> torch.Tensor:
-    """Per-branch v1.2 sampling on the model's load device → raw FLUX latent ``[B, 16, h, w]``.
-
-    ref_latent is raw (as VAEEncode gives it); noise is float32 in the model's latent scaling.
-    """
-    check_v12_model(model)
-    net = model.model
-    _, _, latent_h, latent_w = noise.shape
-    n_noise = (latent_h // 2) * (latent_w // 2)
-    tokens = max(cond.embedding.shape[1], uncond.embedding.shape[1]) + n_noise * (1 if ref_latent is None else 2)
-    element_bytes = torch.finfo(net.compute_dtype).bits // 8
-    per_token = ACTIVATION_ELEMENTS_PER_TOKEN_PER_HIDDEN // CFG_BRANCHES
-    memory = tokens * noise.shape[0] * net.params.dit.hidden_size * per_token * element_bytes
-    mm.load_models_gpu([model], memory_required=memory)
-    set_attention_backend(net.attention_backend)
-    ref = None if ref_latent is None else net.latent_format.process_in(ref_latent.float())
-    result = run_compiled_or_eager(net, lambda: sample_per_branch(
-        net, noise, ref, cond, uncond, get_schedule(steps, n_noise, shift=shift), cfg, threshold, net.compute_dtype,
-        model.load_device, callback))
-    return net.latent_format.process_out(result).to(mm.intermediate_device())
+    net = getattr(getattr(model, "model", None), "diffusion_model", None)
+    version = getattr(getattr(net, "params", None), "version", "not Step1X-Edit")
+    if version != V12_RELEASE:
+        raise ValueError(needs_v12_model_message(version))
 
 
 def vae_pixels(image: Image.Image, size_level: int) -> torch.Tensor:
@@ -151,26 +108,25 @@ class V12Editor:
     steps: int
     cfg: float
     threshold: float
-    callback_factory: object = None  # (latent_h, latent_w) -> step callback, or None
     generator: torch.Generator = field(init=False)
 
     def __post_init__(self):
         self.generator = torch.Generator("cpu").manual_seed(self.seed)
 
-    def encode(self, image: Image.Image, prompt: str, negative_prompt: str) -> tuple[BranchText, BranchText]:
+    def encode(self, image: Image.Image, prompt: str, negative_prompt: str) -> tuple[list, list]:
+        """The instruction's and the negative prompt's v1.2 CONDITIONING."""
         runner = self.vlm.runner()
         vlm_image = vlm_source_image(image, self.size_level)
-        return (encode_v12(runner, prompt, vlm_image).branch_text(),
-                encode_v12(runner, negative_prompt, vlm_image).branch_text())
+        return (to_conditioning(encode_v12(runner, prompt, vlm_image)),
+                to_conditioning(encode_v12(runner, negative_prompt, vlm_image)))
 
     def __call__(self, image: Image.Image, prompt: str, negative_prompt: str) -> Image.Image:
-        cond, uncond = self.encode(image, prompt, negative_prompt)
+        positive, negative = self.encode(image, prompt, negative_prompt)
         ref_latent = self.vae.encode(vae_pixels(image, self.size_level))
         _, _, latent_h, latent_w = ref_latent.shape
         noise = torch.randn((1, LATENT_CHANNELS, latent_h, latent_w), generator=self.generator, dtype=torch.float32)
-        callback = self.callback_factory(latent_h, latent_w) if self.callback_factory else None
-        latent = sample_v12(self.model, cond, uncond, ref_latent, noise, self.steps, self.cfg, self.threshold,
-                            callback)
+        latent = sample_step1x(self.model, positive, negative, ref_latent, noise, self.steps, self.cfg, self.threshold,
+                               seed=self.seed)
         return decoded_to_pil(self.vae.decode(latent), image.size)
 
 

@@ -12,6 +12,9 @@ unchanged on them (the edited image is noise; the point is the plumbing, sizes a
   diffusion_models/step1x-edit-v1p1-prefixed.safetensors  v1.1 DiT, keys under "model.diffusion_model."
   vae/ae.safetensors                                      FLUX VAE in ComfyUI's ae.safetensors layout
   text_encoders/Qwen2.5-VL-7B-Instruct/                   the tiny Qwen2.5-VL of the golden fixtures
+  text_encoders/qwen_2.5_vl_7b.safetensors                the same in ComfyUI's single-file layout (Load
+                                                          CLIP, qwen_image); its metadata holds the tiny sizes
+                                                          for scripts/tiny_clip_loader.py
   loras/step1x-edit-lora.safetensors                      a kohya-format LoRA for the tiny DiT
 
 The FLUX VAE keeps its full width (84 M parameters, stored in bfloat16): ComfyUI's VAELoader infers
@@ -55,6 +58,12 @@ FP8_FILE = "step1x-edit-i1258-FP8.safetensors"
 PREFIXED_FILE = "step1x-edit-v1p1-prefixed.safetensors"
 VAE_FILE = "ae.safetensors"
 TEXT_ENCODER_DIR = "Qwen2.5-VL-7B-Instruct"
+TEXT_ENCODER_FILE = "qwen_2.5_vl_7b.safetensors"   # Comfy-Org/Qwen-Image_ComfyUI split_files/text_encoders
+# Hugging Face Qwen2.5-VL key prefixes (transformers ≥ 4.52 layout) → ComfyUI's (comfy/text_encoders/llama.py
+# Qwen25_7BVLI: model.* and visual.*, the layout of transformers 4.49 and of ComfyUI's file). lm_head is
+# tied to the embedding and not in ComfyUI's file.
+COMFY_TEXT_ENCODER_PREFIXES = {"model.language_model.": "model.", "model.visual.": "visual."}
+DROPPED_TEXT_ENCODER_KEYS = ("lm_head.weight",)
 LORA_FILE = "step1x-edit-lora.safetensors"
 LORA_RANK = 4
 # Modules the tiny LoRA patches, as official module paths (kohya names replace "." by "_").
@@ -126,6 +135,22 @@ def to_fp8(state_dict: dict) -> dict:
     return {k: v.to(torch.float8_e4m3fn) if v.ndim == 2 else v.to(torch.bfloat16) for k, v in state_dict.items()}
 
 
+def comfy_text_encoder(hf_state: dict) -> dict:
+    """A Hugging Face Qwen2.5-VL state dict in the key layout and dtype (bf16) of ComfyUI's qwen_2.5_vl_7b file."""
+    import torch
+
+    out = {}
+    for key, tensor in hf_state.items():
+        if key in DROPPED_TEXT_ENCODER_KEYS:
+            continue
+        for hf_prefix, comfy_prefix in COMFY_TEXT_ENCODER_PREFIXES.items():
+            if key.startswith(hf_prefix):
+                key = comfy_prefix + key[len(hf_prefix):]
+                break
+        out[key] = tensor.to(torch.bfloat16).contiguous()
+    return out
+
+
 def write_all(out_dir: Path, comfyui_dir: Path, tiny_vlm: Path) -> None:
     import torch
     from safetensors.torch import save_file
@@ -156,6 +181,12 @@ def write_all(out_dir: Path, comfyui_dir: Path, tiny_vlm: Path) -> None:
     text_dir.chmod(0o755)   # the golden copy is read-only; keep ours removable
     for path in text_dir.iterdir():
         path.chmod(0o644)
+    from safetensors.torch import load_file
+    from tiny_clip_loader import TINY_CONFIG_KEY   # scripts/ is on sys.path: this script's own folder
+
+    save_file(comfy_text_encoder(load_file(str(tiny_vlm / "model.safetensors"))),
+              str(out_dir / "text_encoders" / TEXT_ENCODER_FILE),
+              {TINY_CONFIG_KEY: (tiny_vlm / "config.json").read_text(), "note": metadata["note"]})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,21 +16,25 @@ import shutil
 import sys
 from pathlib import Path
 
-from comfy_server import PACK_DIR, ComfyServer, link_models, prepare_base_dir, tiny_weights
+from comfy_server import PACK_DIR, ComfyServer, link_tiny_weights, prepare_base_dir
 from queue_edit import DEFAULT_WORKFLOW, ComfyError, edit
 
 WORK = Path(os.environ.get("STEP1X_WORK", PACK_DIR / ".work"))
 DEFAULT_PHOTO = PACK_DIR / "workflows" / "input" / "chelsea_the_cat.png"
 DEFAULT_INSTRUCTION = "Make it a snowy winter scene, with snowflakes falling on the cat"
-# Official file names (Hugging Face stepfun-ai/Step1X-Edit, Qwen/Qwen2.5-VL-7B-Instruct) → where the
-# shipped workflow expects them under models/.
+# Official file names (Hugging Face stepfun-ai/Step1X-Edit, Comfy-Org/Qwen-Image_ComfyUI,
+# Qwen/Qwen2.5-VL-7B-Instruct) → where the shipped workflows expect them under models/.
+TEXT_ENCODER_FILE = "text_encoders/qwen_2.5_vl_7b.safetensors"   # Load CLIP (step1x_edit.json)
+TEXT_ENCODER_FOLDER = "text_encoders/Qwen2.5-VL-7B-Instruct"      # VLM Encode hf_folder (step1x_edit_hf_folder.json)
 OFFICIAL_FILES = {
     "step1x-edit-v1p1-official.safetensors": "diffusion_models/step1x-edit-v1p1-official.safetensors",
     "vae.safetensors": "vae/ae.safetensors",
     "ae.safetensors": "vae/ae.safetensors",
-    "Qwen2.5-VL-7B-Instruct": "text_encoders/Qwen2.5-VL-7B-Instruct",
+    "qwen_2.5_vl_7b.safetensors": TEXT_ENCODER_FILE,
+    "Qwen2.5-VL-7B-Instruct": TEXT_ENCODER_FOLDER,
 }
-REQUIRED_TARGETS = sorted(set(OFFICIAL_FILES.values()))
+REQUIRED_TARGETS = sorted(set(OFFICIAL_FILES.values()) - {TEXT_ENCODER_FILE, TEXT_ENCODER_FOLDER})
+HF_FOLDER_WORKFLOW = PACK_DIR / "workflows" / "api" / "step1x_edit_hf_folder.json"
 RUN_TIMEOUT_S = 6 * 3600
 
 
@@ -42,9 +46,12 @@ def link_official_models(models_source: Path, models_dir: Path) -> None:
         if source.exists() and not link.exists():
             link.parent.mkdir(parents=True, exist_ok=True)
             link.symlink_to(source.resolve(), target_is_directory=source.is_dir())
-    missing = [t for t in REQUIRED_TARGETS if not (models_dir / t).exists()]
+    missing = [[t] for t in REQUIRED_TARGETS if not (models_dir / t).exists()]
+    if not any((models_dir / t).exists() for t in (TEXT_ENCODER_FILE, TEXT_ENCODER_FOLDER)):
+        missing.append([TEXT_ENCODER_FILE, TEXT_ENCODER_FOLDER])
     if missing:
-        wanted = ", ".join(name for name, target in OFFICIAL_FILES.items() if target in missing)
+        wanted = ", ".join(" or ".join(name for name, target in OFFICIAL_FILES.items() if target in targets)
+                           for targets in missing)
         raise SystemExit(f"error: {models_source} lacks {wanted} (see README, 'Model files')")
 
 
@@ -70,9 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     prepare_base_dir(base)
     if args.models:
         link_official_models(args.models, base / "models")
+        if args.workflow == DEFAULT_WORKFLOW and not (base / "models" / TEXT_ENCODER_FILE).exists():
+            args.workflow = HF_FOLDER_WORKFLOW   # only the Hugging Face folder of the encoder is there
     else:
         print("no --models folder: using tiny random weights (the edit is noise; every stage still runs)")
-        link_models(tiny_weights(WORK, comfyui_dir), base / "models")
+        link_tiny_weights(WORK, comfyui_dir, base)
     with ComfyServer(comfyui_dir, base, extra_args=server_args()) as server:
         print(f"ComfyUI with the Step1X-Edit pack at {server.url} (log: {server.log_path})")
         try:

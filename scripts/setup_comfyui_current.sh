@@ -3,8 +3,8 @@
 # offline-safe (PyPI only):
 #   $STEP1X_WORK/current/ComfyUI   the ComfyUI source tarball given as the only argument, unpacked
 #   $STEP1X_WORK/current/venv      torch 2.14.1 + torchvision 0.29.1, ComfyUI's requirements, test tools
-# Idempotent: finished steps are skipped. Default STEP1X_WORK is <pack>/.work. Progress goes to stderr;
-# the last stdout line is the folder ($STEP1X_WORK/current).
+# Idempotent: finished steps are skipped; another tarball (by checksum) replaces both. Default STEP1X_WORK
+# is <pack>/.work. Progress goes to stderr; the last stdout line is the folder ($STEP1X_WORK/current).
 set -euo pipefail
 if [ $# -ne 1 ] || [ ! -f "$1" ]; then
   echo "usage: $0 ComfyUI-X.Y.Z.tar.xz  (a tarball that unpacks to ComfyUI/)" >&2
@@ -19,6 +19,10 @@ CURRENT=$WORK/current
 TORCHAUDIO_VERSION=2.11.1
 mkdir -p "$CURRENT"
 cd "$CURRENT"
+CHECKSUM=$(sha256sum "$TARBALL" | cut -d' ' -f1)
+if [ "$(cat tarball.sha256 2>/dev/null)" != "$CHECKSUM" ]; then
+  rm -rf ComfyUI venv tarball.sha256
+fi
 if [ ! -f ComfyUI/main.py ]; then
   echo "unpacking $TARBALL" >&2
   rm -rf unpack ComfyUI
@@ -30,6 +34,7 @@ if [ ! -f ComfyUI/main.py ]; then
   fi
   mv unpack/ComfyUI ComfyUI
   rm -rf unpack
+  echo "$CHECKSUM" > tarball.sha256
 fi
 if [ ! -f venv/.complete ]; then
   rm -rf venv

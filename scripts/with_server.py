@@ -12,7 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from comfy_server import PACK_DIR, ComfyServer, link_models, prepare_base_dir, tiny_weights
+from comfy_server import PACK_DIR, ComfyServer, link_tiny_weights, prepare_base_dir
 
 WORK = Path(os.environ.get("STEP1X_WORK", PACK_DIR / ".work"))
 PHOTO = PACK_DIR / "workflows" / "input" / "chelsea_the_cat.png"
@@ -22,7 +22,7 @@ def main(argv: list[str]) -> int:
     command = argv[argv.index("--") + 1:] if "--" in argv else argv
     with tempfile.TemporaryDirectory() as tmp:
         base = prepare_base_dir(Path(tmp))
-        link_models(tiny_weights(WORK, WORK / "ComfyUI"), base / "models")
+        link_tiny_weights(WORK, WORK / "ComfyUI", base)
         (base / "input" / PHOTO.name).write_bytes(PHOTO.read_bytes())
         with ComfyServer(WORK / "ComfyUI", base, extra_args=("--cpu",)) as server:
             return subprocess.run([part.replace("{url}", server.url) for part in command]).returncode

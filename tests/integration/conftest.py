@@ -11,7 +11,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 
-from comfy_server import ComfyServer, link_models, prepare_base_dir, tiny_weights  # noqa: E402
+from comfy_server import ComfyServer, link_tiny_weights, prepare_base_dir  # noqa: E402
 from queue_edit import ComfyClient  # noqa: E402
 
 from bad_files import import_comfy, write_bad_files  # noqa: E402
@@ -27,7 +27,7 @@ SERVER_ARGS = ("--cpu", "--preview-method", "latent2rgb")
 @pytest.fixture(scope="session")
 def base_dir(tmp_path_factory) -> Path:
     base = prepare_base_dir(tmp_path_factory.mktemp("comfy-base"))
-    link_models(tiny_weights(WORK, COMFYUI_DIR), base / "models")
+    link_tiny_weights(WORK, COMFYUI_DIR, base)
     import_comfy(COMFYUI_DIR)
     write_bad_files(base / "models")
     write_tiny_loras(base / "models")   # the LoRA workflow's tiny LoRA (lora_files.py)

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from comfy_server import PACK_NAME
 
-NODE_IDS = ("Step1XModelLoader", "Step1XVLMEncode", "Step1XPackRefLatent", "Step1XSampler", "Step1XUnpackDecode")
+NODE_IDS = ("Step1XModelLoader", "Step1XVLMEncode", "Step1XPackRefLatent", "Step1XSampler", "Step1XUnpackDecode",
+            "Step1XCoreSamplerSetup", "Step1XTeaCache")
 CATEGORY = "Step1X-Edit"
 
 

@@ -13,6 +13,9 @@ EXAMPLES_DIR = REPO_ROOT / "example_workflows"
 PHOTO_SIZE = (451, 300)        # workflows/input/chelsea_the_cat.png
 TEST_SIZE_LEVEL = 256          # smallest size level VLM Encode accepts: keeps the full-width VAE quick on CPU
 TEST_STEPS = 2
+# Where a shipped workflow sets its step count: Step1X Sampler, core KSampler, or the scheduler of
+# core SamplerCustomAdvanced.
+STEP_NODES = ("Step1XSampler", "KSampler", "BasicScheduler")
 
 
 def api_workflow_names() -> list[str]:
@@ -44,7 +47,10 @@ def quick(prompt: dict) -> dict:
     """
     prompt = copy.deepcopy(prompt)
     classes = {n["class_type"] for n in prompt.values()}
-    set_inputs(prompt, "Step1XSampler", steps=TEST_STEPS)
+    step_nodes = [class_type for class_type in STEP_NODES if class_type in classes]
+    assert step_nodes, f"no node of {STEP_NODES} sets the steps"
+    for class_type in step_nodes:
+        set_inputs(prompt, class_type, steps=TEST_STEPS)
     for class_type in ("Step1XVLMEncode", "Step1XPackRefLatent"):
         if class_type in classes:
             set_inputs(prompt, class_type, size_level=TEST_SIZE_LEVEL)

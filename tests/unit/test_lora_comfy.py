@@ -52,19 +52,20 @@ def expected(fixture_set):
 
 
 def load_model(comfy, fixture_set, weight_dtype: str = "default"):
-    """The DiT as Load Step1X Model builds it: a ModelPatcher over the pack's Step1XEdit."""
+    """The DiT as Load Step1X Model builds it: a ModelPatcher over the native Step1X model."""
     loader = import_pack_module("nodes.node_loader")
     with torch.inference_mode():
         return loader.load_step1x_model(str(fixture_set.folder / "tiny_model.safetensors"), weight_dtype, "auto")
 
 
 def loaded_weights(patcher) -> dict[str, torch.Tensor]:
-    """Let ComfyUI load ``patcher`` (applying its patches, unpatching any other) as a prompt would."""
+    """Let ComfyUI load ``patcher`` (applying its patches, unpatching any other) as a prompt would; the DiT's
+    weights under their official names."""
     import comfy.model_management as mm
 
     with torch.inference_mode():
         mm.load_models_gpu([patcher])
-    return {k: v.detach().clone() for k, v in patcher.model.state_dict().items()}
+    return {k: v.detach().clone() for k, v in patcher.model.diffusion_model.state_dict().items()}
 
 
 def assert_bit_exact(actual: dict, expected: dict, what: str) -> None:
@@ -133,7 +134,7 @@ def test_bf16_weights_get_the_official_cast_back(comfy, fixture_set, lora_sd):
     model = load_model(comfy, fixture_set, "bf16")
     original = loaded_weights(model)
     merged = loaded_weights(comfy.apply_step1x_lora(model, lora_sd, 1.0, LORA_FILE))
-    parsed = lora_module.parse_kohya_lora(lora_sd, lora_module.linear_weight_shapes(model.model))
+    parsed = lora_module.parse_kohya_lora(lora_sd, lora_module.linear_weight_shapes(model.model.diffusion_model))
     official = lora_module.merge_lora(original, parsed, 1.0)
     for key, value in official.items():
         assert merged[key].dtype == torch.bfloat16
@@ -145,7 +146,7 @@ def test_bf16_weights_get_the_official_cast_back(comfy, fixture_set, lora_sd):
 def test_alpha_zero_reads_as_rank_like_the_official_loader(comfy, model, lora_sd):
     """ComfyUI alone would scale by 0/rank; the official ``LoRAModule`` uses alpha = rank (scale 1)."""
     lora_module = import_pack_module("model.lora")
-    targets = lora_module.kohya_targets(lora_module.linear_weight_shapes(model.model))
+    targets = lora_module.kohya_targets(lora_module.linear_weight_shapes(model.model.diffusion_model))
     name = next(n for n in sorted({k.partition(".")[0] for k in lora_sd}) if n in targets and targets[n].covered)
     key = targets[name].weight_key
     original = loaded_weights(model)

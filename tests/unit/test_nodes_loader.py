@@ -2,6 +2,7 @@
 it layer by layer (--lowvram) with the same result; fp8 keeps fp8 weights with per-layer scales."""
 from __future__ import annotations
 
+import inspect
 import sys
 from pathlib import Path
 
@@ -40,7 +41,7 @@ def tiny_checkpoint(tmp_path_factory):
 
 def edit_once(patcher) -> torch.Tensor:
     sampling = import_pack_module("model.sampling")
-    net = patcher.model
+    net = patcher.model.diffusion_model
     width = net.params.connector.in_channels
     generator = torch.Generator().manual_seed(1)
     mask = torch.ones(1, TEXT_LEN, dtype=torch.int64)
@@ -79,12 +80,12 @@ def test_streamed_lowvram_load_gives_the_full_load_result(loader, tiny_checkpoin
 def test_fp8_weight_dtype_keeps_fp8_weights_with_scales(loader, tiny_checkpoint):
     compat = import_node_module("nodes.comfy_compat")
     patcher = loader.load_step1x_model(tiny_checkpoint, "fp8_e4m3fn", "auto")
-    stored = patcher.model.double_blocks[0].img_attn.qkv.state_dict()
+    stored = patcher.model.diffusion_model.double_blocks[0].img_attn.qkv.state_dict()
     assert stored["weight"].dtype == torch.float8_e4m3fn
     assert stored[compat.FP8_SCALE_KEY].dtype == torch.float32 and stored[compat.FP8_SCALE_KEY].numel() == 1
-    embedder = patcher.model.img_in.state_dict()   # outside the blocks: compute dtype
-    assert embedder["weight"].dtype == patcher.model.compute_dtype
-    assert patcher.model.compute_dtype in (torch.bfloat16, torch.float32)
+    embedder = patcher.model.diffusion_model.img_in.state_dict()   # outside the blocks: compute dtype
+    assert embedder["weight"].dtype == patcher.model.diffusion_model.compute_dtype
+    assert patcher.model.diffusion_model.compute_dtype in (torch.bfloat16, torch.float32)
     result = edit_once(patcher)
     assert torch.isfinite(result).all()
     full = edit_once(loader.load_step1x_model(tiny_checkpoint, "default", "auto"))
@@ -95,7 +96,8 @@ def test_fast_fp8_falls_back_to_the_fp8_result_without_fp8_matmul(loader, tiny_c
     """On a device without fp8 tensor cores (this CPU) fp8_e4m3fn_fast stores fp8 and computes like fp8_e4m3fn."""
     plain = edit_once(loader.load_step1x_model(tiny_checkpoint, "fp8_e4m3fn", "auto"))
     fast_patcher = loader.load_step1x_model(tiny_checkpoint, "fp8_e4m3fn_fast", "auto")
-    assert fast_patcher.model.double_blocks[0].img_attn.qkv.state_dict()["weight"].dtype == torch.float8_e4m3fn
+    stored = fast_patcher.model.diffusion_model.double_blocks[0].img_attn.qkv.state_dict()
+    assert stored["weight"].dtype == torch.float8_e4m3fn
     torch.testing.assert_close(edit_once(fast_patcher), plain, rtol=0, atol=0)
 
 
@@ -111,7 +113,7 @@ def test_checkpoint_headers_are_read_once(loader, tiny_checkpoint, monkeypatch):
     monkeypatch.setattr(model_loader, "read_headers", counted_read_headers)
     patcher = loader.load_step1x_model(tiny_checkpoint, "default", "auto")
     assert reads == ["step1x-edit-v1p1-official.safetensors"]
-    assert patcher.model.params.version == "v1.1"
+    assert patcher.model.diffusion_model.params.version == "v1.1"
 
 
 def test_a_missing_file_is_refused_at_validation_with_the_folder_and_the_fix(loader, tiny_checkpoint, monkeypatch):
@@ -125,3 +127,24 @@ def test_a_missing_file_is_refused_at_validation_with_the_folder_and_the_fix(loa
     assert "step1x-edit-missing.safetensors is not in models/diffusion_models" in message and "press R" in message
     with pytest.raises(FileNotFoundError, match="press R"):
         node.execute("step1x-edit-missing.safetensors", "default", "auto")
+
+
+def test_the_model_gets_the_patcher_core_loaders_use_and_compiling_opts_out(loader, tiny_checkpoint, monkeypatch):
+    """Dynamic VRAM: core loaders build comfy.model_patcher.CoreModelPatcher (the dynamic class when comfy-aimdo
+    runs; on this CPU a stand-in), torch.compile takes a plain ModelPatcher as core's TorchCompileModel does, and
+    ComfyUI can rebuild the model without dynamic VRAM (clone(disable_dynamic=True), where it has that)."""
+    import comfy.model_patcher as mp
+
+    class Dynamic(mp.ModelPatcher):
+        def is_dynamic(self):
+            return True
+
+    monkeypatch.setattr(mp, "CoreModelPatcher", Dynamic, raising=False)
+    patcher = loader.load_step1x_model(tiny_checkpoint, "default", "auto")
+    assert type(patcher) is Dynamic and loader.is_step1x_model(patcher)
+    assert type(loader.load_step1x_model(tiny_checkpoint, "default", "auto", torch_compile=True)) is mp.ModelPatcher
+    assert type(loader.load_step1x_model(tiny_checkpoint, "default", "auto", disable_dynamic=True)) is mp.ModelPatcher
+    if "disable_dynamic" in inspect.signature(mp.ModelPatcher.clone).parameters:
+        plain = patcher.clone(disable_dynamic=True)
+        assert type(plain) is mp.ModelPatcher and plain.model is not patcher.model
+        torch.testing.assert_close(edit_once(plain), edit_once(patcher), rtol=0, atol=0)

@@ -12,7 +12,7 @@ from tests.golden import REPO_ROOT
 from tests.unit.comfy_support import import_node_module
 
 RENORM_LABELS = ["model default", "1.0 (off, v1.0)", "0.93 (v1.1)", "every step (v1.2 release)"]
-RENORM_NODES = ("Step1XSampler", "Step1XReasoningEdit")
+RENORM_NODES = ("Step1XSampler", "Step1XReasoningEdit", "Step1XCoreSamplerSetup")
 SHIPPED_WORKFLOWS = sorted([*(REPO_ROOT / "workflows").rglob("*.json"),
                             *(REPO_ROOT / "example_workflows").glob("*.json")])
 
@@ -20,6 +20,11 @@ SHIPPED_WORKFLOWS = sorted([*(REPO_ROOT / "workflows").rglob("*.json"),
 @pytest.fixture(scope="module")
 def sampler():
     return import_node_module("nodes.node_sampler")
+
+
+@pytest.fixture(scope="module")
+def runtime():
+    return import_node_module("nodes.dit_runtime")
 
 
 def step1x_conditioning(batch: int, width: int = 16, length: int = 640) -> list:
@@ -30,21 +35,20 @@ def step1x_conditioning(batch: int, width: int = 16, length: int = 640) -> list:
 
 def test_conditioning_from_another_family_is_refused_by_name(sampler):
     qwen_image = [[torch.randn(1, 77, 3584), {"pooled_output": None}]]
-    with pytest.raises(ValueError, match="not from 'VLM Encode Instruction \\+ Image'"):
-        sampler.split_conditioning(qwen_image, "positive")
+    with pytest.raises(ValueError, match="the positive conditioning is not from 'VLM Encode Instruction \\+ Image'"):
+        sampler.single_conditioning(qwen_image, "positive")
 
 
-def test_step1x_conditioning_gives_embedding_and_prefix_mask(sampler):
+def test_step1x_conditioning_gives_its_one_entry(sampler):
     conditioning = step1x_conditioning(2)
-    embedding, mask = sampler.split_conditioning(conditioning, "positive")
-    assert embedding is conditioning[0][0]
-    assert mask.dtype == torch.int64 and mask[:, :5].all() and not mask[:, 5:].any()
+    embedding, options = sampler.single_conditioning(conditioning, "positive")
+    assert embedding is conditioning[0][0] and options is conditioning[0][1]
 
 
 def test_combined_conditioning_is_refused(sampler):
     combined = step1x_conditioning(1) + step1x_conditioning(1)
-    with pytest.raises(ValueError, match="2 entries"):
-        sampler.split_conditioning(combined, "negative")
+    with pytest.raises(ValueError, match="the negative conditioning holds 2 entries"):
+        sampler.single_conditioning(combined, "negative")
 
 
 def test_batch_of_one_is_shared_and_mismatches_are_named(sampler):
@@ -86,24 +90,24 @@ def _tiny_sampling_run():
     return net, run
 
 
-def test_compile_option_off_runs_eagerly(sampler):
+def test_compile_option_off_runs_eagerly(runtime):
     net, run = _tiny_sampling_run()
     net.torch_compile = False
-    sampler.run_compiled_or_eager(net, run)
+    runtime.run_compiled_or_eager(net, run)
     assert not getattr(net, "blocks_compiled", False)
 
 
-def test_compiled_blocks_give_the_eager_result(sampler):
+def test_compiled_blocks_give_the_eager_result(runtime):
     net, run = _tiny_sampling_run()
     expected = run()
     net.torch_compile = True
     torch._dynamo.reset()
-    got = sampler.run_compiled_or_eager(net, run, backend="eager")
+    got = runtime.run_compiled_or_eager(net, run, backend="eager")
     assert net.blocks_compiled and not getattr(net, "compile_failed", False)
     assert torch.allclose(got, expected, atol=1e-6, rtol=0)
 
 
-def test_compiler_failure_falls_back_to_eager_with_a_warning(sampler, caplog):
+def test_compiler_failure_falls_back_to_eager_with_a_warning(runtime, caplog):
     net, run = _tiny_sampling_run()
     expected = run()
 
@@ -113,11 +117,11 @@ def test_compiler_failure_falls_back_to_eager_with_a_warning(sampler, caplog):
     net.torch_compile = True
     net.checkpoint_name = "tiny.safetensors"
     torch._dynamo.reset()
-    got = sampler.run_compiled_or_eager(net, run, backend=broken_backend)
+    got = runtime.run_compiled_or_eager(net, run, backend=broken_backend)
     assert net.compile_failed
     assert "torch.compile failed for tiny.safetensors" in caplog.text and "running it uncompiled" in caplog.text
     assert torch.equal(got, expected)
-    assert torch.equal(sampler.run_compiled_or_eager(net, run, backend=broken_backend), expected)
+    assert torch.equal(runtime.run_compiled_or_eager(net, run, backend=broken_backend), expected)
 
 
 def test_release_mismatch_is_logged(sampler, caplog):
@@ -148,14 +152,16 @@ def cfg_renorm_input(node):
     return renorm
 
 
-def test_sampler_and_reasoning_edit_offer_the_same_renorm_choices(sampler):
+def test_sampler_reasoning_edit_and_core_setup_offer_the_same_renorm_choices(sampler):
     reasoning = import_node_module("nodes.node_reasoning_edit")
+    core = import_node_module("nodes.node_core_sampling")
     sampler_renorm = cfg_renorm_input(sampler.Step1XSampler)
     reasoning_renorm = cfg_renorm_input(reasoning.Step1XReasoningEdit)
-    assert sampler_renorm.options == reasoning_renorm.options == RENORM_LABELS
-    assert sampler_renorm.default == "model default"
+    core_renorm = cfg_renorm_input(core.Step1XCoreSamplerSetup)
+    assert sampler_renorm.options == reasoning_renorm.options == core_renorm.options == RENORM_LABELS
+    assert sampler_renorm.default == core_renorm.default == "model default"
     assert reasoning_renorm.default == "every step (v1.2 release)"
-    assert sampler_renorm.tooltip == reasoning_renorm.tooltip
+    assert sampler_renorm.tooltip == reasoning_renorm.tooltip == core_renorm.tooltip
     for threshold in ("t > 1,", "t > 0.93,", "t > 0.00093,"):
         assert threshold in sampler_renorm.tooltip
 

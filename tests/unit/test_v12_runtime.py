@@ -50,21 +50,19 @@ def test_decoded_image_is_rounded_and_resized_back(runtime):
     assert runtime.decoded_to_pil(decoded, (30, 20)).size == (30, 20)
 
 
-def test_conditioning_round_trip_and_refusals(runtime):
-    branch_sampling = import_pack_module("model.branch_sampling")
+def test_conditioning_carries_the_v12_extras_and_other_models_are_refused(runtime):
     length, width = 7, 16
     encoding = type("Enc", (), {})()
     encoding.embedding, encoding.text_embeds = torch.randn(1, length, width), torch.randn(1, length, width)
     encoding.mask = torch.ones(1, length, dtype=torch.long)
     encoding.text_mask = torch.zeros(1, length, dtype=torch.long)
     encoding.txt_ids = torch.randn(length, 3)
-    branch = runtime.branch_from_conditioning(runtime.to_conditioning(encoding), "positive")
-    assert isinstance(branch, branch_sampling.BranchText)
-    assert torch.equal(branch.txt_ids, encoding.txt_ids) and torch.equal(branch.text_embeds, encoding.text_embeds)
-    v10 = [[torch.zeros(1, 640, width), {"attention_mask": torch.ones(1, 640), "step1x_edit": "v1.0"}]]
-    with pytest.raises(ValueError, match="not a v1.2 encoding"):
-        runtime.branch_from_conditioning(v10, "negative")
-    with pytest.raises(ValueError, match="MODEL is not Step1X-Edit"):
+    [(embedding, options)] = runtime.to_conditioning(encoding)
+    assert torch.equal(embedding, encoding.embedding) and options["step1x_edit"] == "v1.2"
+    for key in ("txt_ids", "text_embeds", "text_mask"):
+        assert torch.equal(options[key], getattr(encoding, key)), key
+    assert torch.equal(options["attention_mask"], encoding.mask)
+    with pytest.raises(ValueError, match="this MODEL is not Step1X-Edit; v1.2 conditioning needs"):
         runtime.check_v12_model(object())
 
 
@@ -97,16 +95,12 @@ SCRIPT = {"description": "A red cat.", "consistency": '{"meets_instruction": "pa
 def test_reasoning_edit_on_the_tiny_models(runtime, pipeline):
     """The node's pieces end to end: the loop drives the real v1.2 editor (tiny DiT and VLM, stand-in VAE);
     judging answers are scripted. Two tries: the reflection instruction edits the first output."""
-    loader = import_pack_module("model.loader")
+    loader = import_pack_module("nodes.node_loader")
     thinker = import_pack_module("model.thinker")
     hf = import_pack_module("nodes.vlm_v12_hf")
-    import comfy.latent_formats
-    import comfy.model_patcher
 
-    net, _ = loader.load_step1x_dit(str(pipeline), dtype=torch.float32)
-    net.latent_format, net.compute_dtype, net.attention_backend = comfy.latent_formats.Flux(), torch.float32, "auto"
-    model = comfy.model_patcher.ModelPatcher(net.eval(), load_device=torch.device("cpu"),
-                                             offload_device=torch.device("cpu"))
+    model = loader.load_step1x_model(str(pipeline), "default", "auto")
+    net = model.model.diffusion_model
     vlm = runtime.V12VLM(hf.locate_v12_text_encoder(pipeline))
     image = Image.open(PHOTO).convert("RGB")
 

@@ -7,17 +7,20 @@ must reproduce every golden ``vlm/`` case.
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.golden import REPO_ROOT
 from tests.unit.comfy_support import import_node_module
 from tests.unit.vlm_support import (VLM_DIR, assert_v11_sdpa_semantics, case_names, import_pack_module, load_case, max_abs_error,
                                     tolerance, window)
 
 TINY_FOLDER = VLM_DIR / "tiny-qwen25vl"
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
 
 P = import_pack_module("model.vlm_prompt")
 I = import_pack_module("model.vlm_image")
@@ -30,52 +33,14 @@ def vlm_comfy():
 
 
 def _tiny_clip():
-    """A comfy.sd.CLIP holding ComfyUI's Qwen2.5-VL classes at the tiny fixture sizes."""
-    import comfy.sd
-    from comfy.text_encoders import llama, qwen_image, qwen_vl
+    """A comfy.sd.CLIP holding ComfyUI's Qwen2.5-VL classes at the tiny fixture sizes (config.json), loaded
+    from the fixture's weights in the layout of ComfyUI's qwen_2.5_vl_7b file, as the tiny stand-in file
+    of scripts/make_tiny_weights.py holds them."""
+    from make_tiny_weights import comfy_text_encoder
+    from tiny_clip_loader import tiny_qwen_clip
 
     config = json.loads((TINY_FOLDER / "config.json").read_text())
-    text = config.get("text_config", config)
-    vision = config["vision_config"]
-
-    class TinyQwen25VLI(llama.Qwen25_7BVLI):
-        def __init__(self, config_dict, dtype, device, operations):
-            torch.nn.Module.__init__(self)
-            llm = llama.Qwen25_7BVLI_Config(
-                vocab_size=text["vocab_size"], hidden_size=text["hidden_size"],
-                intermediate_size=text["intermediate_size"], num_hidden_layers=text["num_hidden_layers"],
-                num_attention_heads=text["num_attention_heads"], num_key_value_heads=text["num_key_value_heads"],
-                rms_norm_eps=text["rms_norm_eps"], rope_theta=text["rope_theta"])
-            llm.head_dim = text["hidden_size"] // text["num_attention_heads"]
-            llm.rope_dims = text["rope_scaling"]["mrope_section"]
-            self.num_layers = llm.num_hidden_layers
-            self.model = llama.Llama2_(llm, device=device, dtype=dtype, ops=operations)
-            self.visual = qwen_vl.Qwen2VLVisionTransformer(
-                hidden_size=vision["hidden_size"], output_hidden_size=vision["out_hidden_size"],
-                intermediate_size=vision["intermediate_size"], num_heads=vision["num_heads"],
-                num_layers=vision["depth"], device=device, dtype=dtype, ops=operations)
-            self.visual.fullatt_block_indexes = vision["fullatt_block_indexes"]
-            self.dtype = dtype
-
-    class TinyQwen25VLIModel(qwen_image.Qwen25_7BVLIModel):
-        def __init__(self, device="cpu", layer="last", layer_idx=None, dtype=None, attention_mask=True,
-                     model_options={}):
-            comfy.sd1_clip.SDClipModel.__init__(
-                self, device=device, layer=layer, layer_idx=layer_idx, textmodel_json_config={}, dtype=dtype,
-                special_tokens={"pad": 151643}, layer_norm_hidden_state=False, model_class=TinyQwen25VLI,
-                enable_attention_masks=attention_mask, return_attention_masks=attention_mask,
-                model_options=model_options)
-
-    class Target:
-        params = {}
-        clip = qwen_image.te(dtype_llama=torch.float32)
-        tokenizer = qwen_image.QwenImageTokenizer
-
-    clip = comfy.sd.CLIP(Target(), model_options={"qwen25_7b_class": TinyQwen25VLIModel})
-    state_dict = {k: v.float() for k, v in load_file(str(TINY_FOLDER / "model.safetensors")).items()}
-    missing, unexpected = clip.load_sd(state_dict)
-    assert not missing and not unexpected, (missing, unexpected)
-    return clip
+    return tiny_qwen_clip(config, comfy_text_encoder(load_file(str(TINY_FOLDER / "model.safetensors"))))
 
 
 @pytest.fixture(scope="module")
