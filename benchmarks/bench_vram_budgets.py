@@ -42,6 +42,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 import types
 from pathlib import Path
 
@@ -308,7 +309,8 @@ def run_dit_rows(cfg: dict, files: dict, device, dynamic: bool) -> list[dict]:
             row["models"] = where_models_are()
             row["ran"] = bool(torch.isfinite(timings["samples"]["samples"]).all())
         except Exception as error:   # keep the other rows' numbers
-            row.update({"ran": False, "error": f"{type(error).__name__}: {error}"[:2000]})
+            row.update({"ran": False, "error": f"{type(error).__name__}: {error}"[:2000],
+                    "traceback": traceback.format_exc()[-4000:]})
         rows.append(row)
         print(ROW_PREFIX + json.dumps(row), flush=True)
         model = net = None
@@ -357,7 +359,8 @@ def run_budget_row(cfg: dict, files: dict, device, dynamic: bool) -> list[dict]:
         row.update(memory_fields(memory, device, ballast_bytes))
         row["ran"] = tuple(decoded.shape) == (1, size, size, 3)
     except Exception as error:   # an out-of-memory is a result here
-        row.update({"ran": False, "error": f"{type(error).__name__}: {error}"[:2000]})
+        row.update({"ran": False, "error": f"{type(error).__name__}: {error}"[:2000],
+                    "traceback": traceback.format_exc()[-4000:]})
     mm.unload_all_models()
     print(ROW_PREFIX + json.dumps(row), flush=True)
     return [row]

@@ -21,7 +21,6 @@ from typing import Any, Iterator
 import torch
 from PIL import Image
 
-import comfy.ops
 from comfy.text_encoders import llama
 
 from .comfy_compat import QWEN_VL_MISSING
@@ -75,6 +74,15 @@ def check_qwen25_vl_clip(clip: Any) -> None:
                          "qwen_2.5_vl_7b_fp8_scaled.safetensors or the bf16 file)")
 
 
+class PlainTorchOps:
+    """torch.nn layers for the throwaway probe ViT: ComfyUI's ops can hand their weights to model management
+    (dynamic VRAM keeps them unset until a patcher loads the model), which never loads a probe."""
+
+    Linear = torch.nn.Linear
+    Conv3d = torch.nn.Conv3d
+    RMSNorm = torch.nn.RMSNorm
+
+
 @lru_cache(maxsize=None)
 def vit_returns_window_order(vit_class: type) -> bool:
     """Whether ``vit_class.forward`` leaves merged tokens in window order (0.3.75) or in raster order.
@@ -84,7 +92,7 @@ def vit_returns_window_order(vit_class: type) -> bool:
     """
     generator = torch.Generator().manual_seed(0)
     vit = vit_class(hidden_size=PROBE_WIDTH, output_hidden_size=PROBE_WIDTH, intermediate_size=PROBE_WIDTH,
-                    num_heads=1, num_layers=0, ops=comfy.ops.manual_cast)
+                    num_heads=1, num_layers=0, ops=PlainTorchOps)
     with torch.no_grad():
         for parameter in vit.parameters():
             parameter.copy_(torch.randn(parameter.shape, generator=generator))
@@ -146,7 +154,9 @@ class ComfyQwen25VL:
                           flash_padding: bool = True) -> torch.Tensor:
         """Final-norm output [L, D] (float32) for ids [L] (image pads expanded), positions [3, L]."""
         transformer = self.encoder.transformer  # llama.Qwen25_7BVLI
-        device = transformer.get_input_embeddings().weight.device
+        # Where ComfyUI runs the model (comfy/sd.py CLIP.encode_from_tokens): with dynamic VRAM or partial
+        # loading the weights themselves may live elsewhere, or not yet at all.
+        device = self.clip.patcher.load_device
         image_slots = (ids == IMAGE_PAD_ID).nonzero().flatten()
         start, count = int(image_slots[0]), image_slots.numel()
         image_item = {"type": "image", "data": pil_to_image_tensor(image), "original_type": "image"}

@@ -93,6 +93,27 @@ def test_vit_tokens_come_out_in_raster_order_whatever_this_comfyui_returns(vlm_c
     torch.testing.assert_close(out, raster)
 
 
+def test_order_probe_needs_no_comfyui_layer_weights(vlm_comfy, monkeypatch):
+    """With dynamic VRAM (ComfyUI on NVIDIA) a comfy.ops layer has no weight until a patcher loads its model,
+    and nothing loads the probe: the probe must run on plain torch layers."""
+    import comfy.ops
+    from comfy.text_encoders import qwen_vl
+
+    def unloaded(self, *args, **kwargs):
+        raise AttributeError("'NoneType' object has no attribute 'device'")
+
+    vit_class = qwen_vl.Qwen2VLVisionTransformer
+    answer = vlm_comfy.vit_returns_window_order(vit_class)
+    for ops in (comfy.ops.manual_cast, comfy.ops.disable_weight_init):
+        for layer in (ops.Linear, ops.Conv3d, ops.RMSNorm):
+            monkeypatch.setattr(layer, "forward", unloaded)
+    vlm_comfy.vit_returns_window_order.cache_clear()
+    try:
+        assert vlm_comfy.vit_returns_window_order(vit_class) == answer
+    finally:
+        vlm_comfy.vit_returns_window_order.cache_clear()
+
+
 @pytest.mark.parametrize("name", case_names())
 def test_comfyui_tokenizer_gives_reference_ids(name, comfy_tokenize):
     for row in load_case(name).rows:
