@@ -136,10 +136,17 @@ def node_of_class(prompt: dict, class_type: str) -> dict:
     return nodes[0]
 
 
+# Where a workflow's seed lives: Step1X Sampler, or core KSampler / RandomNoise (SamplerCustomAdvanced).
+SEED_INPUTS = {"Step1XSampler": "seed", "KSampler": "seed", "RandomNoise": "noise_seed"}
+
+
 def fill_edit_workflow(prompt: dict, image_name: str, instruction: str, seed: int, prefix: str) -> dict:
     node_of_class(prompt, "LoadImage")["inputs"]["image"] = image_name
     node_of_class(prompt, "Step1XVLMEncode")["inputs"]["instruction"] = instruction
-    node_of_class(prompt, "Step1XSampler")["inputs"]["seed"] = seed
+    seeded = [node for node in prompt.values() if node.get("class_type") in SEED_INPUTS]
+    if len(seeded) != 1:
+        raise ComfyError(f"the workflow must contain exactly one of {', '.join(SEED_INPUTS)}, found {len(seeded)}")
+    seeded[0]["inputs"][SEED_INPUTS[seeded[0]["class_type"]]] = seed
     node_of_class(prompt, "SaveImage")["inputs"]["filename_prefix"] = prefix
     return prompt
 
