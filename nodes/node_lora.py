@@ -82,6 +82,10 @@ def apply_step1x_lora(model: comfy.model_patcher.ModelPatcher, lora_state: dict[
     return patched
 
 
+def _missing_lora(name: str) -> str:
+    return f"{name} is not in models/{LORA_FOLDER}: put the LoRA there and press R in ComfyUI to refresh the list."
+
+
 class Step1XLoraLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -106,10 +110,13 @@ class Step1XLoraLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, strength: float) -> bool | str:
+    def validate_inputs(cls, strength: float, lora_name: str) -> bool | str:
         # ComfyUI's range check lets NaN through (every comparison with NaN is false).
         if not math.isfinite(strength):
             return f"strength must be a finite number, got {strength}; 1.0 is the official merge."
+        # Naming lora_name replaces ComfyUI's generic "Value not in list" (newer ComfyUI checks V3 combos too).
+        if folder_paths.get_full_path(LORA_FOLDER, lora_name) is None:
+            return _missing_lora(lora_name)
         return True
 
     @classmethod
@@ -121,8 +128,7 @@ class Step1XLoraLoader(io.ComfyNode):
             return io.NodeOutput(model)
         path = folder_paths.get_full_path(LORA_FOLDER, lora_name)
         if path is None:
-            raise FileNotFoundError(f"{lora_name} is not in models/{LORA_FOLDER}: put the LoRA there and press R in "
-                                    "ComfyUI to refresh the list.")
+            raise FileNotFoundError(_missing_lora(lora_name))
         lora_state = comfy.utils.load_torch_file(path, safe_load=True)
         try:
             return io.NodeOutput(apply_step1x_lora(model, lora_state, strength, lora_name))

@@ -6,7 +6,6 @@ embeddings: the fork's ``encode_prompt``) and runs cond and uncond as separate D
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import comfy.utils
 import folder_paths
@@ -18,6 +17,7 @@ from ..model.checkpoint import CheckpointError
 from ..model.vlm_image import image_tensor_to_pil
 from ..model.vlm_v12_encode import encode_v12, vlm_source_image
 from .common import CATEGORY, MAX_SIZE_LEVEL, MIN_SIZE_LEVEL, SIZE_LEVEL_STEP
+from .model_folders import find_model_folder
 from .node_loader import MODEL_FOLDER, WEIGHT_DTYPES, load_step1x_model
 from .node_vlm_encode import HF_FOLDER_ROOT, list_hf_folders
 from .v12_runtime import V12VLM, list_model_folders, to_conditioning
@@ -28,21 +28,13 @@ FROM_PIPELINE = "from pipeline"
 Step1XVLM = io.Custom("STEP1X_VLM")
 
 
-def _model_folder(name: str) -> Path:
-    for root in folder_paths.get_folder_paths(MODEL_FOLDER):
-        candidate = Path(root) / name
-        if candidate.is_dir():
-            return candidate
-    raise FileNotFoundError(f"no folder '{name}' under models/{MODEL_FOLDER}: put the Step1X-Edit-v1p2 download "
-                            "(transformer/, text_encoder/, processor/) there and press R to refresh")
+def _missing_pipeline(name: str) -> str:
+    return (f"no folder '{name}' under models/{MODEL_FOLDER}: put the Step1X-Edit-v1p2 download "
+            "(transformer/, text_encoder/, processor/) there and press R to refresh")
 
 
-def _text_encoder_folder(name: str) -> Path:
-    for root in folder_paths.get_folder_paths(HF_FOLDER_ROOT):
-        candidate = Path(root) / name
-        if candidate.is_dir():
-            return candidate
-    raise FileNotFoundError(f"no folder '{name}' under models/{HF_FOLDER_ROOT}")
+def _missing_text_encoder(name: str) -> str:
+    return f"no folder '{name}' under models/{HF_FOLDER_ROOT}: put it there and press R to refresh"
 
 
 class Step1XV12Loader(io.ComfyNode):
@@ -81,10 +73,24 @@ class Step1XV12Loader(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, pipeline: str, text_encoder: str) -> bool | str:
+        # Naming the folders here replaces ComfyUI's generic "Value not in list" (newer ComfyUI checks V3
+        # combos too) by the folder and the fix.
+        if find_model_folder(MODEL_FOLDER, pipeline) is None:
+            return _missing_pipeline(pipeline)
+        if text_encoder != FROM_PIPELINE and find_model_folder(HF_FOLDER_ROOT, text_encoder) is None:
+            return _missing_text_encoder(text_encoder)
+        return True
+
+    @classmethod
     def execute(cls, pipeline: str, weight_dtype: str, attention: str, text_encoder: str,
                 torch_compile: bool = False) -> io.NodeOutput:
-        folder = _model_folder(pipeline)
-        encoder_folder = folder if text_encoder == FROM_PIPELINE else _text_encoder_folder(text_encoder)
+        folder = find_model_folder(MODEL_FOLDER, pipeline)
+        if folder is None:
+            raise FileNotFoundError(_missing_pipeline(pipeline))
+        encoder_folder = folder if text_encoder == FROM_PIPELINE else find_model_folder(HF_FOLDER_ROOT, text_encoder)
+        if encoder_folder is None:
+            raise FileNotFoundError(_missing_text_encoder(text_encoder))
         vlm = V12VLM(locate_v12_text_encoder(encoder_folder))
         try:
             model = load_step1x_model(str(folder), weight_dtype, attention, torch_compile)

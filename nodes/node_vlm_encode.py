@@ -22,9 +22,11 @@ from ..model.vlm_image import image_tensor_to_pil, llm_grid_hw, resize_for_vlm
 from ..model.vlm_prompt import FLASH_PADDING_BY_RELEASE, MAX_LENGTH, Qwen25VLRunner, encode_prompt
 from .common import (CATEGORY, CONDITIONING_MARKER, DEFAULT_RELEASE, DEFAULT_RESIZE_FILTER, DEFAULT_SIZE_LEVEL,
                      MAX_SIZE_LEVEL, MIN_SIZE_LEVEL, SIZE_LEVEL_STEP)
+from .model_folders import find_model_folder
 from .vlm_hf import HFQwen25VL, check_hf_folder
 
 HF_FOLDER_ROOT = "text_encoders"  # folder_paths key the Hugging Face folders are listed from
+HF_CONFIG_FILE = "config.json"   # what makes a folder a Hugging Face model folder
 NO_HF_FOLDER = "none"
 
 _hf_models: dict[tuple[str, torch.dtype], comfy.model_patcher.ModelPatcher] = {}
@@ -47,17 +49,20 @@ def list_hf_folders() -> list[str]:
     for root in folder_paths.get_folder_paths(HF_FOLDER_ROOT):
         root_path = Path(root)
         if root_path.is_dir():
-            names.update(p.parent.name for p in root_path.glob("*/config.json"))
+            names.update(p.parent.name for p in root_path.glob(f"*/{HF_CONFIG_FILE}"))
     return sorted(names)
 
 
+def _missing_hf_folder(name: str) -> str:
+    return (f"no Hugging Face folder '{name}' with a config.json under models/{HF_FOLDER_ROOT}: "
+            "put the Qwen2.5-VL-7B-Instruct download there and press R to refresh")
+
+
 def _hf_folder_path(name: str) -> Path:
-    for root in folder_paths.get_folder_paths(HF_FOLDER_ROOT):
-        candidate = Path(root) / name
-        if (candidate / "config.json").is_file():
-            return candidate
-    raise FileNotFoundError(f"no Hugging Face folder '{name}' with a config.json under models/{HF_FOLDER_ROOT}: "
-                            "put the Qwen2.5-VL-7B-Instruct download there and press R to refresh")
+    folder = find_model_folder(HF_FOLDER_ROOT, name, HF_CONFIG_FILE)
+    if folder is None:
+        raise FileNotFoundError(_missing_hf_folder(name))
+    return folder
 
 
 def _hf_runner(name: str) -> HFQwen25VL:
@@ -183,6 +188,13 @@ class Step1XVLMEncode(io.ComfyNode):
                 io.Conditioning.Output("negative", tooltip="Negative instruction embedding, same layout."),
             ],
         )
+
+    @classmethod
+    def validate_inputs(cls, hf_folder: str = NO_HF_FOLDER) -> bool | str:
+        # Replaces ComfyUI's generic "Value not in list" (newer ComfyUI checks V3 combos too).
+        if hf_folder != NO_HF_FOLDER and find_model_folder(HF_FOLDER_ROOT, hf_folder, HF_CONFIG_FILE) is None:
+            return _missing_hf_folder(hf_folder)
+        return True
 
     @classmethod
     def execute(cls, image: torch.Tensor, instruction: str, negative_instruction: str, size_level: int,

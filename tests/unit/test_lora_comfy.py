@@ -220,5 +220,7 @@ def test_node_execute(comfy, model, lora_folder):
             node.execute(model, "missing.safetensors", 1.0)
         with pytest.raises(ValueError, match="not a Step1X-Edit model"):
             node.execute(object(), LORA_FILE, 1.0)
-    assert node.validate_inputs(math.nan) != True  # noqa: E712  (a message string)
-    assert node.validate_inputs(1.0) is True
+    assert "finite" in node.validate_inputs(math.nan, LORA_FILE)
+    assert node.validate_inputs(1.0, LORA_FILE) is True
+    assert node.validate_inputs(1.0, "missing.safetensors") == (
+        "missing.safetensors is not in models/loras: put the LoRA there and press R in ComfyUI to refresh the list.")

@@ -74,6 +74,22 @@ def test_pipeline_folders_are_listed(runtime, pipeline, tmp_path):
     assert runtime.list_model_folders([str(pipeline.parent)]) == ["Step1X-Edit-v1p2"]
 
 
+def test_v12_loader_names_a_missing_folder_and_the_fix(pipeline, monkeypatch):
+    v12 = import_node_module("nodes.node_v12")
+    loader = v12.Step1XV12Loader
+    import folder_paths
+
+    monkeypatch.setattr(folder_paths, "get_folder_paths", lambda kind: [str(pipeline.parent)])
+    assert loader.validate_inputs(pipeline.name, v12.FROM_PIPELINE) is True
+    assert loader.validate_inputs("Step1X-Edit-v1p2-missing", v12.FROM_PIPELINE) == (
+        "no folder 'Step1X-Edit-v1p2-missing' under models/diffusion_models: put the Step1X-Edit-v1p2 download "
+        "(transformer/, text_encoder/, processor/) there and press R to refresh")
+    assert loader.validate_inputs(pipeline.name, "Qwen-missing") == (
+        "no folder 'Qwen-missing' under models/text_encoders: put it there and press R to refresh")
+    with pytest.raises(FileNotFoundError, match="press R"):
+        loader.execute("Step1X-Edit-v1p2-missing", "default", "auto", v12.FROM_PIPELINE)
+
+
 class IdentityVAE:
     """A stand-in VAE: 'encode' averages 8×8 pixel blocks into 16 channels, 'decode' upsamples back."""
 

@@ -208,6 +208,11 @@ def test_node_hf_folder_route(node, monkeypatch):
     monkeypatch.setattr(folder_paths, "get_folder_paths", lambda name: [str(TINY_FOLDER.parent)])
     monkeypatch.setattr(node.mm, "should_use_bf16", lambda *args, **kwargs: False)
     assert TINY_FOLDER.name in node.list_hf_folders()
+    assert node.Step1XVLMEncode.validate_inputs(TINY_FOLDER.name) is True
+    assert node.Step1XVLMEncode.validate_inputs(node.NO_HF_FOLDER) is True
+    assert node.Step1XVLMEncode.validate_inputs("Qwen-missing") == (
+        "no Hugging Face folder 'Qwen-missing' with a config.json under models/text_encoders: put the "
+        "Qwen2.5-VL-7B-Instruct download there and press R to refresh")
     case = _first_pipeline_case()
     frames = I.pil_to_image_tensor(case.raw_image())
     out = node.Step1XVLMEncode.execute(frames, case.rows[0]["prompt"], case.rows[1]["prompt"], case.size_level,
