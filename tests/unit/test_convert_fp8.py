@@ -82,27 +82,29 @@ def test_block_linears_become_comfyui_fp8_layers_and_the_rest_is_kept(files):
         assert torch.equal(converted[key], source[key]) and converted[key].dtype == source[key].dtype, key
 
 
-def test_comfyui_per_layer_fp8_layers_read_and_write_the_entries_as_stored(files):
-    """Where this ComfyUI has per-layer quantized layers, they take the converted layer as it is and give
-    back the same entries (comfy/ops.py _load_quantized_module / _quantized_weight_state_dict)."""
-    compat = import_node_module("nodes.comfy_compat")
-    if compat.FP8_LAYERS != compat.PER_LAYER_QUANT:
-        pytest.skip(f"this ComfyUI has {compat.FP8_LAYERS}, not per-layer comfy_quant layers")
-    import comfy.ops
+# Only a ComfyUI with per-layer quantized layers (comfy/ops.py mixed_precision_ops) has this round trip to
+# test; on an older one the loader feeds the converted file to its scaled-fp8 layers (the test below).
+COMPAT = import_node_module("nodes.comfy_compat")
 
-    converted = read_all(files["comfy_fp8"])
-    layer = "double_blocks.0.img_attn.qkv"
-    entries = {k.removeprefix(layer + "."): v for k, v in converted.items() if k.startswith(layer + ".")}
-    out_features, in_features = entries["weight"].shape
-    ops = comfy.ops.mixed_precision_ops(compat.MIXED_OPS_QUANT_CONFIG, torch.bfloat16)   # the file's dtype
-    linear = ops.Linear(in_features, out_features)
-    linear.load_state_dict(dict(entries), strict=True)
-    assert linear.quant_format == "float8_e4m3fn"
-    written = linear.state_dict()
-    assert set(written) == set(entries)
-    for key, value in entries.items():
-        assert written[key].dtype == value.dtype and torch.equal(written[key].reshape(-1).view(torch.uint8),
-                                                                 value.reshape(-1).view(torch.uint8)), key
+if COMPAT.FP8_LAYERS == COMPAT.PER_LAYER_QUANT:
+    def test_comfyui_per_layer_fp8_layers_read_and_write_the_entries_as_stored(files):
+        """Where this ComfyUI has per-layer quantized layers, they take the converted layer as it is and give
+        back the same entries (comfy/ops.py _load_quantized_module / _quantized_weight_state_dict)."""
+        import comfy.ops
+
+        converted = read_all(files["comfy_fp8"])
+        layer = "double_blocks.0.img_attn.qkv"
+        entries = {k.removeprefix(layer + "."): v for k, v in converted.items() if k.startswith(layer + ".")}
+        out_features, in_features = entries["weight"].shape
+        ops = comfy.ops.mixed_precision_ops(COMPAT.MIXED_OPS_QUANT_CONFIG, torch.bfloat16)   # the file's dtype
+        linear = ops.Linear(in_features, out_features)
+        linear.load_state_dict(dict(entries), strict=True)
+        assert linear.quant_format == "float8_e4m3fn"
+        written = linear.state_dict()
+        assert set(written) == set(entries)
+        for key, value in entries.items():
+            assert written[key].dtype == value.dtype and torch.equal(written[key].reshape(-1).view(torch.uint8),
+                                                                     value.reshape(-1).view(torch.uint8)), key
 
 
 def test_converted_file_loads_as_the_bf16_file_quantised_at_load(loader, files):
