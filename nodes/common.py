@@ -2,12 +2,16 @@
 image conversions."""
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 
 from ..model.image_io import DEFAULT_ROUNDING, U8_MAX, unit_to_uint8
 from ..model.params import RENORM_EVERY_STEP, RENORM_NEVER, RENORM_OFFICIAL, VERSIONS, Step1XParams
-from ..model.sampling import LATENT_CHANNELS, VAE_DOWNSCALE
+from ..model.sampling import LATENT_CHANNELS, PIXELS_PER_TOKEN, VAE_DOWNSCALE
+
+logger = logging.getLogger(__name__)
 
 CATEGORY = "Step1X-Edit"
 # Key the VLM encoder puts in each conditioning's options dict (nodes/node_vlm_encode.py); its value is
@@ -72,3 +76,41 @@ def decoded_to_uint8(image: torch.Tensor, rounding: str = DEFAULT_ROUNDING) -> l
 def uint8_to_image(frames: list[np.ndarray]) -> torch.Tensor:
     """RGB uint8 frames of one size → ComfyUI IMAGE ``[B, H, W, 3]`` float32 0..1."""
     return torch.from_numpy(np.stack(frames).astype(np.float32) / U8_MAX)
+
+
+# Sampler settings shared by Step1X Sampler, Step1X Reasoning Edit and Step1X Think.
+DEFAULT_SEED = 42      # official CLI default (``inference.py`` ``main``)
+MAX_SEED = 0xFFFFFFFFFFFFFFFF  # core KSampler's seed range (64 bits)
+DEFAULT_STEPS = 28     # official default
+DEFAULT_CFG = 6.0      # official default
+MAX_STEPS = 1000
+
+
+def check_latent(latent: torch.Tensor, role: str) -> None:
+    if latent.ndim != 4 or latent.shape[1] != FLUX_LATENT_CHANNELS:
+        raise ValueError(f"the {role} latent has shape {tuple(latent.shape)}; Step1X-Edit needs FLUX latents "
+                         f"[B, {FLUX_LATENT_CHANNELS}, h, w] (Pack Ref Latent, or EmptySD3LatentImage for text-to-image).")
+    if latent.shape[2] % 2 or latent.shape[3] % 2:
+        raise ValueError(f"the {role} latent is {latent.shape[3]}×{latent.shape[2]}; both sides must be even "
+                         f"(image sides multiples of {PIXELS_PER_TOKEN} px).")
+
+
+def warn_on_resize_mismatch(ref_latent: dict, params) -> None:
+    """Log when Pack Ref Latent's filter is not the one the model's release resizes with (edits still run)."""
+    used = ref_latent.get(RESIZE_FILTER_KEY)
+    if used is not None and used != params.switches.input_resize:
+        logger.warning("the reference latent was resized with %s but Step1X-Edit %s resizes with %s: set Pack Ref "
+                       "Latent's resize_filter to %s for the official result.", used, params.version,
+                       params.switches.input_resize, params.switches.input_resize)
+
+
+def check_flux_vae(vae) -> None:
+    """Step1X-Edit works in the 16-channel, 8× FLUX latent space; refuse anything else early."""
+    channels = getattr(vae, "latent_channels", None)
+    downscale = vae.spacial_compression_encode() if hasattr(vae, "spacial_compression_encode") else None
+    if channels != FLUX_LATENT_CHANNELS or downscale != FLUX_VAE_DOWNSCALE or getattr(vae, "latent_dim", 2) != 2:
+        raise ValueError(
+            f"this VAE makes {channels}-channel latents at 1/{downscale} size; Step1X-Edit needs the FLUX VAE "
+            f"({FLUX_LATENT_CHANNELS} channels, 1/{FLUX_VAE_DOWNSCALE} size). Load ae.safetensors (Step1X-Edit's "
+            "vae.safetensors is the same file) with the Load VAE node."
+        )

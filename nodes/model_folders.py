@@ -5,6 +5,9 @@ from pathlib import Path
 
 import folder_paths
 
+HF_FOLDER_ROOT = "text_encoders"  # folder_paths key the Hugging Face folders are listed from
+HF_CONFIG_FILE = "config.json"   # what makes a folder a Hugging Face model folder
+
 
 def find_model_folder(kind: str, name: str, marker: str | None = None) -> Path | None:
     """``models/<kind>/<name>`` under the first root where it is a folder (holding ``marker``, if given)."""
@@ -13,3 +16,13 @@ def find_model_folder(kind: str, name: str, marker: str | None = None) -> Path |
         if candidate.is_dir() and (marker is None or (candidate / marker).is_file()):
             return candidate
     return None
+
+
+def list_hf_folders() -> list[str]:
+    """Sub-folders of models/text_encoders that hold a config.json (Hugging Face model folders)."""
+    names = set()
+    for root in folder_paths.get_folder_paths(HF_FOLDER_ROOT):
+        root_path = Path(root)
+        if root_path.is_dir():
+            names.update(p.parent.name for p in root_path.glob(f"*/{HF_CONFIG_FILE}"))
+    return sorted(names)

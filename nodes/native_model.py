@@ -19,6 +19,7 @@ import comfy.conds
 import comfy.latent_formats
 import comfy.model_base
 import comfy.model_management as mm
+import comfy.model_patcher
 import comfy.model_sampling
 import comfy.patcher_extension
 import comfy.supported_models_base
@@ -283,3 +284,7 @@ class Step1XModel(comfy.model_base.BaseModel):
         tokens = max(texts, default=0) + noise_tokens(latent_h, latent_w) * (2 if cond_shapes.get(REFERENCE) else 1)
         element_bytes = torch.finfo(net.compute_dtype).bits // 8
         return rows * tokens * net.params.dit.hidden_size * ACTIVATION_ELEMENTS_PER_TOKEN_PER_HIDDEN * element_bytes
+
+
+def is_step1x_model(model) -> bool:
+    return isinstance(model, comfy.model_patcher.ModelPatcher) and isinstance(model.model, Step1XModel)

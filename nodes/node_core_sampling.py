@@ -12,10 +12,9 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from .cfg_guider import Step1XGuidance, with_reference
-from .common import CATEGORY, RENORM_CHOICES, RENORM_MODEL_DEFAULT, RENORM_TOOLTIP, renorm_threshold
-from .native_model import check_conditioning, noise_tokens, step1x_model_sampling
-from .node_loader import is_step1x_model
-from .node_sampler import check_latent, warn_on_resize_mismatch
+from .common import (CATEGORY, RENORM_CHOICES, RENORM_MODEL_DEFAULT, RENORM_TOOLTIP, check_latent, renorm_threshold,
+                     warn_on_resize_mismatch)
+from .native_model import check_conditioning, is_step1x_model, noise_tokens, step1x_model_sampling
 
 
 class Step1XCoreSamplerSetup(io.ComfyNode):

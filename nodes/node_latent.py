@@ -20,14 +20,13 @@ from .common import (
     CATEGORY,
     DEFAULT_RESIZE_FILTER,
     DEFAULT_SIZE_LEVEL,
-    FLUX_LATENT_CHANNELS,
-    FLUX_VAE_DOWNSCALE,
     MAX_SIZE_LEVEL,
     MIN_SIZE_LEVEL,
     ORIGINAL_SIZE_KEY,
     OUTPUT_ROUNDING_KEY,
     RESIZE_FILTER_KEY,
     SIZE_LEVEL_STEP,
+    check_flux_vae,
     decoded_to_uint8,
     image_to_uint8,
     uint8_to_image,
@@ -36,18 +35,6 @@ from .common import (
 MIN_IMAGE_SIDE = 16                          # one DiT token covers 16×16 pixels (VAE 8× and 2×2 patches)
 MAX_IMAGE_SIDE = 16384                       # ComfyUI's own image size limit (nodes.py MAX_RESOLUTION)
 OUTPUT_SIZES = ("original", "sampled")
-
-
-def check_flux_vae(vae) -> None:
-    """Step1X-Edit works in the 16-channel, 8× FLUX latent space; refuse anything else early."""
-    channels = getattr(vae, "latent_channels", None)
-    downscale = vae.spacial_compression_encode() if hasattr(vae, "spacial_compression_encode") else None
-    if channels != FLUX_LATENT_CHANNELS or downscale != FLUX_VAE_DOWNSCALE or getattr(vae, "latent_dim", 2) != 2:
-        raise ValueError(
-            f"this VAE makes {channels}-channel latents at 1/{downscale} size; Step1X-Edit needs the FLUX VAE "
-            f"({FLUX_LATENT_CHANNELS} channels, 1/{FLUX_VAE_DOWNSCALE} size). Load ae.safetensors (Step1X-Edit's "
-            "vae.safetensors is the same file) with the Load VAE node."
-        )
 
 
 def check_image_size(width: int, height: int) -> None:

@@ -32,7 +32,7 @@ from comfy_api.latest import io
 
 from ..model.lora import ALPHA, DOWN, UP, LoraError, ParsedLora, linear_weight_shapes, parse_kohya_lora
 from .common import CATEGORY
-from .node_loader import is_step1x_model
+from .native_model import is_step1x_model
 
 logger = logging.getLogger(__name__)
 

@@ -14,12 +14,10 @@ from comfy_api.latest import io
 
 from ..model.thinker import MAX_ATTEMPTS, MalformedAnswer, Thinker, describe, reasoning_edit
 from ..model.vlm_image import image_tensor_to_pil
-from .common import (CATEGORY, MAX_SIZE_LEVEL, MIN_SIZE_LEVEL, RENORM_CHOICES, RENORM_TOOLTIP, RENORM_V12_RELEASE,
-                     SIZE_LEVEL_STEP, renorm_threshold, uint8_to_image)
-from .node_latent import check_flux_vae
-from .node_sampler import DEFAULT_CFG, DEFAULT_SEED, DEFAULT_STEPS, MAX_SEED, MAX_STEPS
-from .node_v12 import V12_SIZE_LEVEL, Step1XVLM
-from .v12_runtime import V12VLM, SeededVLM, V12Editor, check_v12_model
+from .common import (CATEGORY, DEFAULT_CFG, DEFAULT_SEED, DEFAULT_STEPS, MAX_SEED, MAX_SIZE_LEVEL, MAX_STEPS,
+                     MIN_SIZE_LEVEL, RENORM_CHOICES, RENORM_TOOLTIP, RENORM_V12_RELEASE, SIZE_LEVEL_STEP, check_flux_vae,
+                     renorm_threshold, uint8_to_image)
+from .v12_runtime import V12_SIZE_LEVEL, V12VLM, SeededVLM, Step1XVLM, V12Editor, check_v12_model
 
 DEFAULT_TRIES = 3  # release max_try_cnt
 MAX_TRIES = 10

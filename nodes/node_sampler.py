@@ -13,20 +13,15 @@ import math
 import torch
 from comfy_api.latest import io
 
-from ..model.sampling import PIXELS_PER_TOKEN, make_noise
+from ..model.sampling import make_noise
 from .cfg_guider import sample_step1x
-from .common import (CATEGORY, CONDITIONING_MARKER, FLUX_LATENT_CHANNELS, ORIGINAL_SIZE_KEY, OUTPUT_ROUNDING_KEY,
-                     RENORM_CHOICES, RENORM_MODEL_DEFAULT, RENORM_TOOLTIP, RESIZE_FILTER_KEY, renorm_threshold)
-from .native_model import check_conditioning, not_step1x_message
-from .node_loader import is_step1x_model
+from .common import (CATEGORY, CONDITIONING_MARKER, DEFAULT_CFG, DEFAULT_SEED, DEFAULT_STEPS, MAX_SEED, MAX_STEPS,
+                     ORIGINAL_SIZE_KEY, OUTPUT_ROUNDING_KEY, RENORM_CHOICES, RENORM_MODEL_DEFAULT, RENORM_TOOLTIP,
+                     check_latent, renorm_threshold, warn_on_resize_mismatch)
+from .native_model import check_conditioning, is_step1x_model, not_step1x_message
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_SEED = 42      # official CLI default (``inference.py`` ``main``)
-MAX_SEED = 0xFFFFFFFFFFFFFFFF  # core KSampler's seed range (64 bits)
-DEFAULT_STEPS = 28     # official default
-DEFAULT_CFG = 6.0      # official default
-MAX_STEPS = 1000
 CFG_MIN, CFG_MAX = 0.0, 100.0
 
 
@@ -51,30 +46,12 @@ def common_batch(**sizes: int) -> int:
     return batch
 
 
-def check_latent(latent: torch.Tensor, role: str) -> None:
-    if latent.ndim != 4 or latent.shape[1] != FLUX_LATENT_CHANNELS:
-        raise ValueError(f"the {role} latent has shape {tuple(latent.shape)}; Step1X-Edit needs FLUX latents "
-                         f"[B, {FLUX_LATENT_CHANNELS}, h, w] (Pack Ref Latent, or EmptySD3LatentImage for text-to-image).")
-    if latent.shape[2] % 2 or latent.shape[3] % 2:
-        raise ValueError(f"the {role} latent is {latent.shape[3]}×{latent.shape[2]}; both sides must be even "
-                         f"(image sides multiples of {PIXELS_PER_TOKEN} px).")
-
-
 def warn_on_release_mismatch(conditioning, version: str) -> None:
     release = conditioning[0][1].get(CONDITIONING_MARKER)
     if release in ("v1.0", "v1.1") and version in ("v1.0", "v1.1") and release != version:
         logger.warning("the conditioning was encoded as Step1X-Edit %s but the model is %s: set VLM Encode's "
                        "'release' (and both resize filters) to match the model for the official result.",
                        release, version)
-
-
-def warn_on_resize_mismatch(ref_latent: dict, params) -> None:
-    """Log when Pack Ref Latent's filter is not the one the model's release resizes with (edits still run)."""
-    used = ref_latent.get(RESIZE_FILTER_KEY)
-    if used is not None and used != params.switches.input_resize:
-        logger.warning("the reference latent was resized with %s but Step1X-Edit %s resizes with %s: set Pack Ref "
-                       "Latent's resize_filter to %s for the official result.", used, params.version,
-                       params.switches.input_resize, params.switches.input_resize)
 
 
 class Step1XSampler(io.ComfyNode):

@@ -9,10 +9,8 @@ from comfy_api.latest import io
 
 from ..model.thinker import MalformedAnswer, Thinker
 from ..model.vlm_image import image_tensor_to_pil
-from .common import CATEGORY
-from .node_sampler import DEFAULT_SEED, MAX_SEED
-from .node_v12 import Step1XVLM
-from .v12_runtime import V12VLM, SeededVLM
+from .common import CATEGORY, DEFAULT_SEED, MAX_SEED
+from .v12_runtime import V12VLM, SeededVLM, Step1XVLM
 
 
 class Step1XThink(io.ComfyNode):

@@ -17,15 +17,12 @@ from ..model.checkpoint import CheckpointError
 from ..model.vlm_image import image_tensor_to_pil
 from ..model.vlm_v12_encode import encode_v12, vlm_source_image
 from .common import CATEGORY, MAX_SIZE_LEVEL, MIN_SIZE_LEVEL, SIZE_LEVEL_STEP
-from .model_folders import find_model_folder
-from .node_loader import MODEL_FOLDER, WEIGHT_DTYPES, load_step1x_model
-from .node_vlm_encode import HF_FOLDER_ROOT, list_hf_folders
-from .v12_runtime import V12VLM, list_model_folders, to_conditioning
+from .model_folders import HF_FOLDER_ROOT, find_model_folder, list_hf_folders
+from .model_loading import MODEL_FOLDER, WEIGHT_DTYPES, load_step1x_model
+from .v12_runtime import V12_SIZE_LEVEL, V12VLM, Step1XVLM, list_model_folders, to_conditioning
 from .vlm_v12_hf import locate_v12_text_encoder
 
-V12_SIZE_LEVEL = 1024  # the v1.2 pipeline's default size_level (``Step1XEditPipelineV1P2.__call__``)
 FROM_PIPELINE = "from pipeline"
-Step1XVLM = io.Custom("STEP1X_VLM")
 
 
 def _missing_pipeline(name: str) -> str:

@@ -13,7 +13,6 @@ from pathlib import Path
 import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.utils
-import folder_paths
 import torch
 from comfy_api.latest import io
 
@@ -22,11 +21,9 @@ from ..model.vlm_image import image_tensor_to_pil, llm_grid_hw, resize_for_vlm
 from ..model.vlm_prompt import FLASH_PADDING_BY_RELEASE, MAX_LENGTH, Qwen25VLRunner, encode_prompt
 from .common import (CATEGORY, CONDITIONING_MARKER, DEFAULT_RELEASE, DEFAULT_RESIZE_FILTER, DEFAULT_SIZE_LEVEL,
                      MAX_SIZE_LEVEL, MIN_SIZE_LEVEL, SIZE_LEVEL_STEP)
-from .model_folders import find_model_folder
+from .model_folders import HF_CONFIG_FILE, HF_FOLDER_ROOT, find_model_folder, list_hf_folders
 from .vlm_hf import HFQwen25VL, check_hf_folder
 
-HF_FOLDER_ROOT = "text_encoders"  # folder_paths key the Hugging Face folders are listed from
-HF_CONFIG_FILE = "config.json"   # what makes a folder a Hugging Face model folder
 NO_HF_FOLDER = "none"
 
 _hf_models: dict[tuple[str, torch.dtype], comfy.model_patcher.ModelPatcher] = {}
@@ -41,16 +38,6 @@ class _HFModelHolder(torch.nn.Module):
         self.qwen25_vl = runner.model
         self.runner = runner
         self.device = None
-
-
-def list_hf_folders() -> list[str]:
-    """Sub-folders of models/text_encoders that hold a config.json (Hugging Face model folders)."""
-    names = set()
-    for root in folder_paths.get_folder_paths(HF_FOLDER_ROOT):
-        root_path = Path(root)
-        if root_path.is_dir():
-            names.update(p.parent.name for p in root_path.glob(f"*/{HF_CONFIG_FILE}"))
-    return sorted(names)
 
 
 def _missing_hf_folder(name: str) -> str:

@@ -29,8 +29,7 @@ from comfy_api.latest import io
 
 from ..model.layers import modulate
 from .common import CATEGORY
-from .native_model import BLOCK_STACK_KEY
-from .node_loader import is_step1x_model
+from .native_model import BLOCK_STACK_KEY, is_step1x_model
 
 logger = logging.getLogger(__name__)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import comfy.model_management as mm
 import comfy.model_patcher
 import torch
+from comfy_api.latest import io
 from PIL import Image
 
 from ..model.checkpoint_folder import INDEX_SUFFIX, TRANSFORMER_SUBFOLDER
@@ -28,6 +29,11 @@ from .native_model import needs_v12_model_message
 from .vlm_v12_hf import HFQwen25VLV12, V12TextEncoderFolders
 
 _vlm_patchers: dict[tuple[str, torch.dtype], comfy.model_patcher.ModelPatcher] = {}
+
+V12_SIZE_LEVEL = 1024  # the v1.2 pipeline's default size_level (``Step1XEditPipelineV1P2.__call__``)
+# The v1.2 VLM between nodes (Load Step1X-Edit v1.2 → v1.2 VLM Encode, Think, Reasoning Edit).
+Step1XVLM = io.Custom("STEP1X_VLM")
+
 
 
 class _VLMHolder(torch.nn.Module):

@@ -112,7 +112,7 @@ def test_guidance_is_the_official_guided_velocity_and_keeps_cores_cfg1_shortcut(
 def test_loaded_model_guides_core_samplers_with_the_release_rule(native):
     loader = import_pack_module("nodes.node_loader")
     patcher = loader.load_step1x_model(str(V11.folder / "tiny_model.safetensors"), "default", "auto")
-    assert isinstance(patcher.model, native.Step1XModel) and loader.is_step1x_model(patcher)
+    assert isinstance(patcher.model, native.Step1XModel) and native.is_step1x_model(patcher)
     guidance = patcher.model_options["sampler_cfg_function"]
     assert guidance.renorm_threshold == patcher.model.diffusion_model.params.switches.renorm_threshold == 0.93
     assert not patcher.model_options.get("disable_cfg1_optimization", False)

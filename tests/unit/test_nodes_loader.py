@@ -59,7 +59,7 @@ def test_every_linear_is_a_comfy_ops_layer(loader, tiny_checkpoint):
     patcher = loader.load_step1x_model(tiny_checkpoint, "default", "auto")
     linears = [m for m in patcher.model.modules() if isinstance(m, torch.nn.Linear)]
     assert linears and all(hasattr(m, "comfy_cast_weights") for m in linears)
-    assert loader.is_step1x_model(patcher)
+    assert import_pack_module("nodes.native_model").is_step1x_model(patcher)
     assert patcher.model.latent_format.scale_factor == 0.3611
 
 
@@ -141,7 +141,7 @@ def test_the_model_gets_the_patcher_core_loaders_use_and_compiling_opts_out(load
 
     monkeypatch.setattr(mp, "CoreModelPatcher", Dynamic, raising=False)
     patcher = loader.load_step1x_model(tiny_checkpoint, "default", "auto")
-    assert type(patcher) is Dynamic and loader.is_step1x_model(patcher)
+    assert type(patcher) is Dynamic and import_pack_module("nodes.native_model").is_step1x_model(patcher)
     assert type(loader.load_step1x_model(tiny_checkpoint, "default", "auto", torch_compile=True)) is mp.ModelPatcher
     assert type(loader.load_step1x_model(tiny_checkpoint, "default", "auto", disable_dynamic=True)) is mp.ModelPatcher
     if "disable_dynamic" in inspect.signature(mp.ModelPatcher.clone).parameters:
