@@ -20,6 +20,7 @@ import torch
 from ..model.loader import build_step1x_dit, inspect_checkpoint
 from .cfg_guider import Step1XGuidance
 from .comfy_compat import fp8_operations, model_patcher_class
+from .dit_runtime import DiTRunSettings
 from .native_model import Step1XDiffusion, Step1XModel, Step1XModelConfig
 
 MODEL_FOLDER = "diffusion_models"
@@ -63,9 +64,7 @@ def load_step1x_model(path: str, weight_dtype_choice: str, attention: str, torch
     # comfy.ops' Linear is nn.Linear's forward unless it casts or patches (checked per call, model/layers.py).
     net.allow_fused_linears(comfy.ops.disable_weight_init.Linear)
     net.compute_dtype = compute_dtype
-    net.attention_backend = attention
-    net.torch_compile = torch_compile
-    net.checkpoint_name = os.path.basename(path)
+    net.run_settings = DiTRunSettings(os.path.basename(path), attention, torch_compile)
     patcher_class = model_patcher_class(dynamic=not (disable_dynamic or torch_compile))
     patcher = patcher_class(Step1XModel(net, weight_dtype, compute_dtype, device=offload_device),
                             load_device=load_device, offload_device=offload_device)

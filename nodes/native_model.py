@@ -31,7 +31,7 @@ from ..model.sampling import (PATCH, PIXELS_PER_TOKEN, get_schedule, pack_latent
                               unpack_latent)
 from .common import (CONDITIONING_MARKER, DEFAULT_SIZE_LEVEL, FLUX_LATENT_CHANNELS, TEXT_EMBEDS_KEY, TEXT_MASK_KEY,
                      TXT_IDS_KEY, V12_RELEASE)
-from .dit_runtime import run_compiled_or_eager
+from .dit_runtime import DiTRunSettings, run_compiled_or_eager
 
 # Core's conditioning key for edit references (comfy_extras/nodes_edit_model.py ReferenceLatent;
 # model_base.py Flux.extra_conds reads it); the pack's samplers attach the reference the same way.
@@ -103,16 +103,13 @@ class Step1XDiffusion(Step1XEdit):
     """The DiT with ComfyUI's diffusion-model call; parameters keep the official names.
 
     ``dtype`` is the weight storage (as core models expose it; :class:`Step1XModel` sets it); the loader
-    sets ``compute_dtype``, ``attention_backend`` (model/attention.py), ``torch_compile`` and
-    ``checkpoint_name`` for its file.
+    sets ``compute_dtype`` and ``run_settings`` (file name, attention backend, torch.compile) for its file.
     """
 
     def __init__(self, params, dtype=None, device=None, operations=torch.nn):
         super().__init__(params, dtype=dtype, device=device, operations=operations)
         self.dtype = self.compute_dtype = dtype or torch.get_default_dtype()
-        self.attention_backend = "auto"
-        self.torch_compile = False
-        self.checkpoint_name = f"Step1X-Edit {params.version}"
+        self.run_settings = DiTRunSettings(f"Step1X-Edit {params.version}")
 
     def forward(self, x, timesteps, context=None, attention_mask=None, ref_latent=None, txt_ids=None,
                 text_embeds=None, text_mask=None, control=None, transformer_options={}, **kwargs):
@@ -136,7 +133,7 @@ class Step1XDiffusion(Step1XEdit):
         """
         batch, _, latent_h, latent_w = x.shape
         dtype = x.dtype
-        set_attention_backend(self.attention_backend)
+        set_attention_backend(self.run_settings.attention_backend)
         img = pack_latent(x)
         n_noise = img.shape[1]
         if ref_latent is not None:
@@ -189,7 +186,7 @@ def needs_v12_model_message(version: str) -> str:
 def check_conditioning(net: Step1XDiffusion, embedding: torch.Tensor, options: dict, role: str,
                        is_edit: bool) -> None:
     """Refuse conditioning this DiT cannot use, naming the encoder node to use (ValueError)."""
-    params, name = net.params, net.checkpoint_name
+    params, name = net.params, net.run_settings.checkpoint_name
     release = options.get(CONDITIONING_MARKER)
     if release is None:
         raise ValueError(not_step1x_message(role))

@@ -25,7 +25,7 @@ from ..model.vlm_image import pil_to_image_tensor
 from ..model.vlm_v12_encode import V12Encoding, encode_v12, vlm_source_image
 from .cfg_guider import sample_step1x
 from .common import CONDITIONING_MARKER, TEXT_EMBEDS_KEY, TEXT_MASK_KEY, TXT_IDS_KEY, V12_RELEASE
-from .native_model import needs_v12_model_message
+from .native_model import is_step1x_model, needs_v12_model_message
 from .vlm_v12_hf import HFQwen25VLV12, V12TextEncoderFolders
 
 _vlm_patchers: dict[tuple[str, torch.dtype], comfy.model_patcher.ModelPatcher] = {}
@@ -77,8 +77,7 @@ def to_conditioning(encoding: V12Encoding) -> list:
 
 
 def check_v12_model(model) -> None:
-    net = getattr(getattr(model, "model", None), "diffusion_model", None)
-    version = getattr(getattr(net, "params", None), "version", "not Step1X-Edit")
+    version = model.model.diffusion_model.params.version if is_step1x_model(model) else "not Step1X-Edit"
     if version != V12_RELEASE:
         raise ValueError(needs_v12_model_message(version))
 

@@ -344,10 +344,10 @@ def test_torch_compile_option_compiles_the_blocks_with_the_eager_result(sampler,
                         lambda net, run: runtime.run_compiled_or_eager(net, run, backend="eager"))
     patcher = native_patcher(V11)
     net = patcher.model.diffusion_model
-    net.torch_compile = True
+    net.run_settings.torch_compile = True
     torch._dynamo.reset()
     samples = step1x_sample(sampler, case, patcher)
-    assert net.blocks_compiled and not getattr(net, "compile_failed", False)
+    assert net.run_settings.blocks_compiled and not net.run_settings.compile_failed
     assert torch.allclose(samples, plain, atol=1e-5, rtol=0)
 
 

@@ -74,13 +74,15 @@ def test_latents_that_do_not_pack_are_refused(sampler, shape, words):
         sampler.check_latent(torch.zeros(shape), "reference")
 
 
-def _tiny_sampling_run():
+def _tiny_sampling_run(runtime):
+    """The tiny fixture model's sampling run, with the run settings a loaded DiT carries."""
     from model import sampling
     from tests.golden import model_sets
     from tests.unit.test_model_parity import edit_loop_inputs, build_model
 
     fixtures = model_sets()[0]
     net = build_model(fixtures)
+    net.run_settings = runtime.DiTRunSettings("the tiny model")
     inputs, entry = edit_loop_inputs(fixtures)
 
     def run():
@@ -91,34 +93,34 @@ def _tiny_sampling_run():
 
 
 def test_compile_option_off_runs_eagerly(runtime):
-    net, run = _tiny_sampling_run()
-    net.torch_compile = False
+    net, run = _tiny_sampling_run(runtime)
+    net.run_settings.torch_compile = False
     runtime.run_compiled_or_eager(net, run)
-    assert not getattr(net, "blocks_compiled", False)
+    assert not net.run_settings.blocks_compiled
 
 
 def test_compiled_blocks_give_the_eager_result(runtime):
-    net, run = _tiny_sampling_run()
+    net, run = _tiny_sampling_run(runtime)
     expected = run()
-    net.torch_compile = True
+    net.run_settings.torch_compile = True
     torch._dynamo.reset()
     got = runtime.run_compiled_or_eager(net, run, backend="eager")
-    assert net.blocks_compiled and not getattr(net, "compile_failed", False)
+    assert net.run_settings.blocks_compiled and not net.run_settings.compile_failed
     assert torch.allclose(got, expected, atol=1e-6, rtol=0)
 
 
 def test_compiler_failure_falls_back_to_eager_with_a_warning(runtime, caplog):
-    net, run = _tiny_sampling_run()
+    net, run = _tiny_sampling_run(runtime)
     expected = run()
 
     def broken_backend(graph, example_inputs):
         raise RuntimeError("Cannot find a working triton installation")
 
-    net.torch_compile = True
-    net.checkpoint_name = "tiny.safetensors"
+    net.run_settings.torch_compile = True
+    net.run_settings.checkpoint_name = "tiny.safetensors"
     torch._dynamo.reset()
     got = runtime.run_compiled_or_eager(net, run, backend=broken_backend)
-    assert net.compile_failed
+    assert net.run_settings.compile_failed
     assert "torch.compile failed for tiny.safetensors" in caplog.text and "running it uncompiled" in caplog.text
     assert torch.equal(got, expected)
     assert torch.equal(runtime.run_compiled_or_eager(net, run, backend=broken_backend), expected)
