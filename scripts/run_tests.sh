@@ -3,8 +3,7 @@
 # tests against a real ComfyUI server and its frontend in headless Chromium) once per ComfyUI:
 #   * ComfyUI 0.3.75 (scripts/setup_env.sh, from PyPI), always;
 #   * a current ComfyUI (0.33 and later) from its source tarball (scripts/setup_comfyui_current.sh), when
-#     STEP1X_COMFYUI_TARBALL names one, or when ../shared/comfyui/ComfyUI-*.tar.xz lies beside the clone.
-#     Without either it says so and tests 0.3.75 only.
+#     STEP1X_COMFYUI_TARBALL names one. Without it, it says so and tests 0.3.75 only.
 # Extra arguments go to pytest. Exit status: 0 only when every run passed.
 set -euo pipefail
 PACK_DIR=$(cd "$(dirname "$0")/.." && pwd)
@@ -12,10 +11,6 @@ WORK=$("$PACK_DIR/scripts/setup_env.sh" | tail -n 1)
 export STEP1X_WORK=$WORK
 
 TARBALL=${STEP1X_COMFYUI_TARBALL:-}
-if [ -z "$TARBALL" ]; then
-  TARBALL=$(ls "$PACK_DIR"/../shared/comfyui/ComfyUI-*.tar.xz 2>/dev/null | sort -V | tail -n 1 || true)
-  [ -n "$TARBALL" ] && echo "run_tests: current ComfyUI source found beside the clone: $TARBALL" >&2
-fi
 RUNS=("0.3.75|$WORK/ComfyUI|$WORK/venv/bin/python")
 if [ -n "$TARBALL" ]; then
   CURRENT=$("$PACK_DIR/scripts/setup_comfyui_current.sh" "$TARBALL" | tail -n 1)
