@@ -6,7 +6,9 @@ a package (pytest, multiprocessing children) registers nothing and touches no de
 """
 import sys
 
-if "comfy.model_management" in sys.modules:
+# ComfyUI imports this folder as a package (a name for the relative import below); pytest may import this
+# file on its own while collecting tests, after a test module has imported ComfyUI.
+if "comfy.model_management" in sys.modules and __package__:
     try:
         from comfy_api.latest import ComfyExtension, io  # noqa: F401  (probe for the V3 schema)
     except ImportError as error:
