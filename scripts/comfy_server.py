@@ -164,9 +164,12 @@ class ComfyServer:
 
     def _fail_on_pack_import_error(self) -> None:
         # ComfyUI keeps running when a custom node pack fails to import; make that loud.
+        # Lines about the pack name its folder under custom_nodes/; core's own failed imports (e.g.
+        # comfy_extras/nodes_audio.py without torchaudio) may sit under a path that holds the pack's name.
+        pack_folder = str(Path("custom_nodes") / PACK_NAME)
         log = self.log_text()
         for line in log.splitlines():
-            if PACK_NAME in line and any(marker in line for marker in PACK_FAILURE_MARKERS):
+            if pack_folder in line and any(marker in line for marker in PACK_FAILURE_MARKERS):
                 self.stop()
                 raise RuntimeError(f"ComfyUI could not import the pack:\n{log[-6000:]}")
 
