@@ -27,6 +27,15 @@ PACK_FAILURE_MARKERS = ("IMPORT FAILED", "Cannot import", "Error while calling c
 SERVER_START_TIMEOUT_S = 180         # measured 7 s on 2 CPU cores; generous for cold disks
 
 
+def pack_import_failures(log: str) -> list[str]:
+    """ComfyUI log lines saying this pack failed to import. They name its folder under custom_nodes/; core's own
+    failed imports (comfy_extras/nodes_audio.py without torchaudio) may sit under a path that holds the pack's
+    name, in a clone that keeps its ComfyUI under .work/."""
+    pack_folder = str(Path("custom_nodes") / PACK_NAME)
+    return [line for line in log.splitlines()
+            if pack_folder in line and any(marker in line for marker in PACK_FAILURE_MARKERS)]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -164,14 +173,10 @@ class ComfyServer:
 
     def _fail_on_pack_import_error(self) -> None:
         # ComfyUI keeps running when a custom node pack fails to import; make that loud.
-        # Lines about the pack name its folder under custom_nodes/; core's own failed imports (e.g.
-        # comfy_extras/nodes_audio.py without torchaudio) may sit under a path that holds the pack's name.
-        pack_folder = str(Path("custom_nodes") / PACK_NAME)
         log = self.log_text()
-        for line in log.splitlines():
-            if pack_folder in line and any(marker in line for marker in PACK_FAILURE_MARKERS):
-                self.stop()
-                raise RuntimeError(f"ComfyUI could not import the pack:\n{log[-6000:]}")
+        if pack_import_failures(log):
+            self.stop()
+            raise RuntimeError(f"ComfyUI could not import the pack:\n{log[-6000:]}")
 
     def _mark_tutorial_done(self) -> None:
         # A fresh user folder opens the template browser on first page load, which swallows key presses.

@@ -8,7 +8,7 @@ import pytest
 from tests.environment import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
-from comfy_server import PACK_NAME, ComfyServer  # noqa: E402
+from comfy_server import PACK_NAME, ComfyServer, pack_import_failures  # noqa: E402
 
 # ComfyUI's log lines (nodes.py load_custom_node / init_external_custom_nodes) with the ComfyUI tree inside a
 # clone of this pack, as in CI.
@@ -27,3 +27,7 @@ def test_only_the_packs_import_failure_stops_the_server(tmp_path, lines, fails):
             server._fail_on_pack_import_error()
     else:
         server._fail_on_pack_import_error()
+
+
+def test_the_packs_failure_lines_are_the_ones_naming_its_custom_nodes_folder():
+    assert pack_import_failures("\n".join([CORE_FAILURE, PACK_FAILURE])) == [PACK_FAILURE]
