@@ -127,6 +127,17 @@ def full_edit(model, inputs: SamplingInputs, device) -> tuple[float, torch.Tenso
     return time.perf_counter() - t0, out
 
 
+def timed(fn, device: torch.device) -> tuple[object, float]:
+    """``(fn(), seconds)``, the device synchronised before and after on CUDA."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    result = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return result, time.perf_counter() - start
+
+
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return ((actual - expected).norm() / expected.norm()).item()
 

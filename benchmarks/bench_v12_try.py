@@ -16,32 +16,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-PACK = Path(__file__).resolve().parents[1].name
-
-
-def _pack(module: str):
-    """Import a pack module by its package path (the nodes use relative imports)."""
-    import importlib
-
-    return importlib.import_module(f"{PACK}.{module}")
-
-
-def _timed(fn, device: torch.device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    result = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return result, time.perf_counter() - start
+from benchmarks import fp8_rowwise  # noqa: E402
+from benchmarks.bench_dit import timed  # noqa: E402
+from tests.unit.vlm_support import import_pack_module  # noqa: E402
 
 
 def time_v12_try(dit, runner, image: Image.Image, instruction: str, *, size_level: int = 1024, steps: int = 28,
@@ -52,23 +36,23 @@ def time_v12_try(dit, runner, image: Image.Image, instruction: str, *, size_leve
     ``dit``: a loaded v1.2 ``Step1XEdit`` on its device (its dtype is the compute dtype);
     ``runner``: a loaded ``HFQwen25VLV12``.
     """
-    encode_mod, branch, sampling, thinker = (_pack(m) for m in ("model.vlm_v12_encode", "model.branch_sampling",
+    encode_mod, branch, sampling, thinker = (import_pack_module(m) for m in ("model.vlm_v12_encode", "model.branch_sampling",
                                                                  "model.sampling", "model.thinker"))
     device = next(dit.parameters()).device
     vlm_image = encode_mod.vlm_source_image(image, size_level)
-    (cond, uncond), t_encode = _timed(lambda: (encode_mod.encode_v12(runner, instruction, vlm_image).branch_text(),
+    (cond, uncond), t_encode = timed(lambda: (encode_mod.encode_v12(runner, instruction, vlm_image).branch_text(),
                                                encode_mod.encode_v12(runner, "", vlm_image).branch_text()), device)
     latent_h, latent_w = vlm_image.height // sampling.VAE_DOWNSCALE, vlm_image.width // sampling.VAE_DOWNSCALE
     noise = sampling.make_noise(seed, 1, latent_h, latent_w)
     ref = sampling.make_noise(seed + 1, 1, latent_h, latent_w)
     schedule = sampling.get_schedule(steps, (latent_h // 2) * (latent_w // 2))
-    _, t_sample = _timed(lambda: branch.sample_per_branch(
+    _, t_sample = timed(lambda: branch.sample_per_branch(
         dit, noise, ref, cond, uncond, schedule, cfg, dit.params.switches.renorm_threshold,
         next(dit.parameters()).dtype, device), device)
     timings = {"encode": t_encode, "sample": t_sample, "judge": 0.0}
     if judge:
         judge_thinker = thinker.Thinker(lambda request: runner.generate(request, seed), max_attempts=1)
-        _, timings["judge"] = _timed(lambda: judge_thinker.judge(image, image, instruction), device)
+        _, timings["judge"] = timed(lambda: judge_thinker.judge(image, image, instruction), device)
     timings["total"] = sum(timings.values())
     return timings
 
@@ -80,13 +64,13 @@ def main() -> None:
     parser.add_argument("--instruction", required=True)
     parser.add_argument("--size-level", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=28)
-    parser.add_argument("--fp8", action="store_true", help="DiT blocks in float8 (model.fp8 operations)")
+    parser.add_argument("--fp8", action="store_true", help="DiT blocks in float8 (benchmarks/fp8_rowwise.py operations)")
     args = parser.parse_args()
     device = torch.device("cuda")
-    loader, hf = _pack("model.loader"), _pack("nodes.vlm_v12_hf")
+    loader, hf = import_pack_module("model.loader"), import_pack_module("nodes.vlm_v12_hf")
     kwargs = {}
     if args.fp8:
-        kwargs = {"operations": _pack("model.fp8").fp8_ops, "fp8_storage": True}
+        kwargs = {"operations": fp8_rowwise.fp8_ops, "fp8_storage": True}
     dit, _ = loader.load_step1x_dit(str(args.pipeline), dtype=torch.bfloat16, device=device, **kwargs)
     runner = hf.HFQwen25VLV12.from_folders(hf.locate_v12_text_encoder(args.pipeline), torch.bfloat16, device)
     image = Image.open(args.image).convert("RGB")

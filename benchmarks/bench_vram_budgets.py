@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib
 import json
 import shutil
 import subprocess
@@ -43,7 +42,6 @@ import tempfile
 import threading
 import time
 import traceback
-import types
 from pathlib import Path
 
 import torch
@@ -52,9 +50,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-# The pack's modules load as a package of this name (its nodes use relative imports), whatever the
-# checkout's folder is called (tests/unit/vlm_support.py import_pack_module does the same).
-PACK = "step1x_pack_under_bench"
+from benchmarks.bench_dit import timed  # noqa: E402
+from tests.unit.vlm_support import import_pack_module  # noqa: E402
+
 GIB = 1024**3
 EDIT_STEPS = 28   # the official edit (inference.py)
 SIZE = 1024
@@ -72,18 +70,6 @@ FILES_TIMEOUT_S = 300   # writing the 25 GB and 12.4 GB random DiT files
 RUN_BUDGET_S = 530      # the whole run, under the device's 9-minute limit for one command
 ROW_PREFIX = "bench-row "
 INSTRUCTION = "Make it a snowy winter scene, with snowflakes falling on the cat"
-
-
-def _pack(dotted: str):
-    """``_pack("nodes.node_loader")`` → the pack's nodes/node_loader.py."""
-    parts = dotted.split(".")
-    for depth in range(len(parts)):
-        name = ".".join([PACK, *parts[:depth]])
-        if name not in sys.modules:
-            stub = types.ModuleType(name)
-            stub.__path__ = [str(REPO.joinpath(*parts[:depth]))]
-            sys.modules[name] = stub
-    return importlib.import_module(f"{PACK}.{dotted}")
 
 
 # ---- random full-size (or tiny) weights ----------------------------------------------------------------
@@ -238,20 +224,10 @@ def where_models_are() -> list[dict]:
             for loaded in mm.current_loaded_models if loaded.model is not None]
 
 
-def timed(fn, device: torch.device) -> tuple[object, float]:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    result = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return result, time.perf_counter() - start
-
-
 def sampler_timings(model, positive, negative, ref_latent: dict, steps: int, device) -> dict:
     """Step1X Sampler on 1 step (cold), 1 step (warm) and ``steps`` steps; see the module docstring."""
-    sampler = _pack("nodes.node_sampler").Step1XSampler
-    common = _pack("nodes.common")
+    sampler = import_pack_module("nodes.node_sampler").Step1XSampler
+    common = import_pack_module("nodes.common")
 
     def run(n: int):
         return sampler.execute(model, positive, negative, seed=42, steps=n, cfg=6.0,
@@ -277,7 +253,7 @@ def memory_fields(memory: DeviceMemory, device, ballast_bytes: int) -> dict:
 
 def fake_conditioning(net, batch: int, device) -> tuple[list, list]:
     """VLM Encode's output format (nodes/node_vlm_encode.py) with random states: the DiT-only rows."""
-    common = _pack("nodes.common")
+    common = import_pack_module("nodes.common")
     generator = torch.Generator().manual_seed(3)
     mask = torch.zeros(batch, TEXT_TOKENS, dtype=torch.int64)
     mask[:, :VALID_TOKENS] = 1
@@ -289,7 +265,7 @@ def fake_conditioning(net, batch: int, device) -> tuple[list, list]:
 def run_dit_rows(cfg: dict, files: dict, device, dynamic: bool) -> list[dict]:
     import comfy.model_management as mm
 
-    loader = _pack("nodes.node_loader")
+    loader = import_pack_module("nodes.node_loader")
     side = (TINY_SIZE if cfg["tiny"] else SIZE) // 8
     rows = []
     for dtype in cfg["dtypes"]:
@@ -335,9 +311,9 @@ def run_budget_row(cfg: dict, files: dict, device, dynamic: bool) -> list[dict]:
         ballast = torch.empty(ballast_bytes, dtype=torch.uint8, device=device)   # held to the end of the row
         row["ballast_gib"] = ballast.numel() / GIB
         row["free_at_start_gib"] = torch.cuda.mem_get_info(device)[0] / GIB
-    encode = _pack("nodes.node_vlm_encode").Step1XVLMEncode
-    latent = _pack("nodes.node_latent")
-    loader = _pack("nodes.node_loader")
+    encode = import_pack_module("nodes.node_vlm_encode").Step1XVLMEncode
+    latent = import_pack_module("nodes.node_latent")
+    loader = import_pack_module("nodes.node_loader")
     image = torch.rand(1, size, size, 3, generator=torch.Generator().manual_seed(5))
     try:
         with DeviceMemory(device) as memory:
@@ -383,7 +359,7 @@ def child(cfg: dict, comfyui: Path, files: dict) -> None:
 
     cfg["clip_shapes"] = qwen_shapes() if cfg["part"] == "budget" and not cfg["tiny"] else None
     dynamic = start_dynamic_vram(aimdo_loaded)
-    _pack("nodes.comfy_compat")   # the pack's capability check, as at ComfyUI start
+    import_pack_module("nodes.comfy_compat")   # the pack's capability check, as at ComfyUI start
     device = mm.get_torch_device()
     with torch.inference_mode():
         if cfg["part"] == "dit":
