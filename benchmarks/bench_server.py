@@ -1,12 +1,13 @@
 """The shipped edit workflow through a real ComfyUI server on the GPU, with full-size random weights.
 
-    python benchmarks/bench_server.py --comfyui PATH/TO/ComfyUI --out DIR [--models-dir /tmp/step1x-models]
+    python benchmarks/bench_server.py --comfyui PATH/TO/ComfyUI --out DIR [--size-levels 1024 512]
 
 Writes the official file names with random full-size weights (the v1.1 DiT in bf16, ComfyUI's
 ``qwen_2.5_vl_7b.safetensors`` layout of Qwen2.5-VL-7B, the FLUX VAE ``ae.safetensors``), starts ComfyUI
-with this pack on 127.0.0.1, and queues ``workflows/api/step1x_edit.json`` (size level 512, 28 steps, CFG)
-on the bundled photo twice with two seeds: the first run loads every model from disk, the second finds them
-loaded. Each time is from ``POST /prompt`` to the saved image on disk (``scripts/queue_edit.py edit``).
+with this pack on 127.0.0.1, and queues ``workflows/api/step1x_edit.json`` (28 steps, CFG; shipped at size
+level 512) on the bundled photo twice at each ``--size-levels`` level, a new seed each time: the first run
+loads every model from disk, the others find them loaded. Each time is from ``POST /prompt`` to the saved
+image on disk (``scripts/queue_edit.py edit``).
 Writes ``server-<date>.json`` and the server log. Not a test: no assertions on time.
 """
 from __future__ import annotations
@@ -31,7 +32,8 @@ from queue_edit import DEFAULT_WORKFLOW, edit  # noqa: E402
 
 PHOTO = REPO / "workflows" / "input" / "chelsea_the_cat.png"
 INSTRUCTION = "Make it a snowy winter scene, with snowflakes falling on the cat"
-SEEDS = (42, 43)   # a new seed each run, so ComfyUI's cache cannot skip the sampler
+FIRST_SEED = 42
+RUNS_PER_LEVEL = 2
 RUN_TIMEOUT_S = 600
 # The shipped workflow's file names (scripts/make_workflows.py).
 FILES = {"diffusion_models": "step1x-edit-v1p1-official.safetensors", "text_encoders": "qwen_2.5_vl_7b.safetensors",
@@ -58,11 +60,31 @@ def write_models(models: Path, comfyui: Path, device: torch.device) -> dict[str,
     return seconds
 
 
+def edit_runs(size_levels: list[int]) -> list[tuple[int, int]]:
+    """(size level, seed) of each queued edit: every level twice, each run with a new seed so ComfyUI's cache
+    cannot skip the sampler; the very first run loads the models from disk."""
+    return [(level, FIRST_SEED + index) for index, level in enumerate(level for level in size_levels
+                                                                       for _ in range(RUNS_PER_LEVEL))]
+
+
+def workflow_at_size(workflow: Path, size_level: int, folder: Path) -> Path:
+    """A copy of the API workflow with every node's ``size_level`` input set to ``size_level``."""
+    prompt = json.loads(workflow.read_text())
+    for node in prompt.values():
+        if "size_level" in node.get("inputs", {}):
+            node["inputs"]["size_level"] = size_level
+    path = folder / f"{workflow.stem}-{size_level}.json"
+    path.write_text(json.dumps(prompt))
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--comfyui", type=Path, required=True, help="ComfyUI source tree")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--models-dir", type=Path, default=Path("/tmp/step1x-server-bench"))
+    parser.add_argument("--size-levels", type=int, nargs="+", default=[1024, 512],
+                        help="VLM Encode / Pack Ref Latent size levels to queue, each twice (the shipped workflow: 512)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda")
@@ -79,14 +101,18 @@ def main() -> None:
         web_root.mkdir(parents=True, exist_ok=True)
         (web_root / "index.html").write_text("<!doctype html><title>ComfyUI API</title>")
         with ComfyServer(args.comfyui, base, extra_args=("--front-end-root", str(web_root))) as server:
-            for run, seed in zip(("first (loads from disk)", "warm (models loaded)"), SEEDS):
+            for index, (size_level, seed) in enumerate(edit_runs(args.size_levels)):
+                workflow = workflow_at_size(DEFAULT_WORKFLOW, size_level, args.models_dir)
+                run = "first (loads from disk)" if index == 0 else "warm (models loaded)"
                 start = time.perf_counter()
                 try:
-                    edit(server.address, PHOTO, INSTRUCTION, seed, args.out / f"edited-{seed}.png", DEFAULT_WORKFLOW,
-                         RUN_TIMEOUT_S)
-                    row = {"run": run, "seed": seed, "s_prompt_to_image": time.perf_counter() - start}
-                except Exception as err:  # keep the log and the other run's numbers
-                    row = {"run": run, "seed": seed, "error": f"{type(err).__name__}: {err}"[:2000]}
+                    edit(server.address, PHOTO, INSTRUCTION, seed, args.out / f"edited-{size_level}-{seed}.png",
+                         workflow, RUN_TIMEOUT_S)
+                    row = {"run": run, "size_level": size_level, "seed": seed,
+                           "s_prompt_to_image": time.perf_counter() - start}
+                except Exception as err:  # keep the log and the other runs' numbers
+                    row = {"run": run, "size_level": size_level, "seed": seed,
+                           "error": f"{type(err).__name__}: {err}"[:2000]}
                 report["runs"].append(row)
                 path.write_text(json.dumps(report, indent=1))
                 print(json.dumps(row), flush=True)

@@ -64,6 +64,7 @@ DIT_DTYPES = ("bf16", "fp8", "fp8_fast")
 # DiT file and Load Step1X Model weight_dtype for each dtype row.
 DTYPE_LOAD = {"bf16": ("bf16", "default"), "fp8": ("fp8", "default"), "fp8_fast": ("fp8", "fp8_e4m3fn_fast")}
 BUDGET_DTYPE = "fp8"   # what a 24 GiB or smaller card loads
+PARTS = ("dit", "budget")
 MEMORY_POLL_S = 0.01
 CHILD_TIMEOUT_S = 240
 FILES_TIMEOUT_S = 300   # writing the 25 GB and 12.4 GB random DiT files
@@ -105,10 +106,15 @@ def write_dit_files(folder: Path, tiny: bool, device: torch.device) -> dict[str,
 
     paths = {"bf16": folder / "step1x-edit-v1p1-random.safetensors",
              "fp8": folder / "step1x-edit-v1p1-random-fp8.safetensors"}
+    if all(path.is_file() for path in paths.values()):   # an earlier run's --scratch
+        return {name: str(path) for name, path in paths.items()}
+    partial = {name: path.with_name(path.name + ".part") for name, path in paths.items()}   # renamed when whole
     state = _random_state(dit_shapes(tiny), torch.bfloat16, device, seed=0)
-    save_file(state, str(paths["bf16"]))
+    save_file(state, str(partial["bf16"]))
     del state
-    save_file(convert_to_comfy_fp8.convert(str(paths["bf16"])), str(paths["fp8"]))
+    partial["bf16"].rename(paths["bf16"])
+    save_file(convert_to_comfy_fp8.convert(str(paths["bf16"])), str(partial["fp8"]))
+    partial["fp8"].rename(paths["fp8"])
     return {name: str(path) for name, path in paths.items()}
 
 
@@ -370,10 +376,11 @@ def child(cfg: dict, comfyui: Path, files: dict) -> None:
 
 # ---- the run -------------------------------------------------------------------------------------------
 
-def configurations(tiny: bool, steps: int, budgets, dtypes) -> list[dict]:
+def configurations(tiny: bool, steps: int, budgets, dtypes, parts=PARTS) -> list[dict]:
     base = {"tiny": tiny, "steps": steps}
-    return ([dict(base, part="dit", dynamic=dynamic, dtypes=list(dtypes)) for dynamic in (True, False)]
-            + [dict(base, part="budget", dynamic=True, budget_gib=budget) for budget in budgets])
+    dit = [dict(base, part="dit", dynamic=dynamic, dtypes=list(dtypes)) for dynamic in (True, False)]
+    budget = [dict(base, part="budget", dynamic=True, budget_gib=budget) for budget in budgets]
+    return (dit if "dit" in parts else []) + (budget if "budget" in parts else [])
 
 
 def run_child(cfg: dict, comfyui: Path, files: dict, timeout_s: float) -> list[dict]:
@@ -401,7 +408,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="sampler steps of the timed run (≥ 2)")
     parser.add_argument("--budgets", type=float, nargs="*", default=list(BUDGETS_GIB), help="card sizes, GiB")
     parser.add_argument("--dtypes", nargs="+", default=list(DIT_DTYPES), choices=DIT_DTYPES)
-    parser.add_argument("--scratch", type=Path, help="folder for the random DiT files (default: a temp folder)")
+    parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS, help="which rows to run")
+    parser.add_argument("--scratch", type=Path,
+                        help="folder for the random DiT files, kept and reused by a later run (default: a temp folder)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--files", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -429,7 +438,7 @@ def main() -> None:
             raise SystemExit(f"could not write the random DiT files: {written.get('error')}")
         files, report["gpu"] = written["files"], written["gpu"]
         report["s_write_random_dit_files"] = written["s_write_random_dit_files"]
-        for cfg in configurations(args.tiny, args.steps, args.budgets, args.dtypes):
+        for cfg in configurations(args.tiny, args.steps, args.budgets, args.dtypes, args.parts):
             left = deadline - time.monotonic()
             rows = (run_child(cfg, comfyui, files, min(CHILD_TIMEOUT_S, left)) if left > 0 else
                     [{"mode": cfg["part"], "config": cfg, "ran": False, "error": "skipped: the run's time is up"}])

@@ -32,3 +32,42 @@ def test_robustness_benchmark_flags_find_a_single_nan(dtype):
     assert bool(bench_robustness.finite_flag(weights)) and bool(bench_robustness.sum_flag(weights))
     weights[5, 7] = float("nan")
     assert not bool(bench_robustness.finite_flag(weights)) and not bool(bench_robustness.sum_flag(weights))
+
+
+def test_vram_benchmark_runs_only_the_parts_asked_for():
+    from benchmarks.bench_vram_budgets import configurations
+
+    both = configurations(False, 4, [24, 8], ["fp8"])
+    assert [(c["part"], c.get("budget_gib")) for c in both] == [("dit", None), ("dit", None), ("budget", 24),
+                                                                 ("budget", 8)]
+    budgets = configurations(False, 4, [24, 8], ["fp8"], ["budget"])
+    assert [c["budget_gib"] for c in budgets] == [24, 8] and all(c["dynamic"] for c in budgets)
+    assert [c["dynamic"] for c in configurations(False, 4, [24], ["bf16"], ["dit"])] == [True, False]
+
+
+def test_vram_benchmark_reuses_whole_scratch_files_only(tmp_path, monkeypatch):
+    from benchmarks import bench_vram_budgets
+
+    (tmp_path / "step1x-edit-v1p1-random.safetensors").write_text("whole")
+    (tmp_path / "step1x-edit-v1p1-random-fp8.safetensors.part").write_text("cut off")
+    monkeypatch.setattr(bench_vram_budgets, "_random_state", lambda *a, **k: pytest.fail("files were rewritten"))
+    with pytest.raises(pytest.fail.Exception):   # the fp8 file is not whole: both are written again
+        bench_vram_budgets.write_dit_files(tmp_path, True, torch.device("cpu"))
+    (tmp_path / "step1x-edit-v1p1-random-fp8.safetensors").write_text("whole")
+    files = bench_vram_budgets.write_dit_files(tmp_path, True, torch.device("cpu"))
+    assert files == {"bf16": str(tmp_path / "step1x-edit-v1p1-random.safetensors"),
+                     "fp8": str(tmp_path / "step1x-edit-v1p1-random-fp8.safetensors")}
+
+
+def test_server_benchmark_queues_each_size_level_twice_with_new_seeds(tmp_path):
+    import json
+
+    from benchmarks.bench_server import DEFAULT_WORKFLOW, edit_runs, workflow_at_size
+
+    runs = edit_runs([1024, 512])
+    assert [level for level, _ in runs] == [1024, 1024, 512, 512]
+    assert len({seed for _, seed in runs}) == 4
+    prompt = json.loads(workflow_at_size(DEFAULT_WORKFLOW, 1024, tmp_path).read_text())
+    levels = [node["inputs"]["size_level"] for node in prompt.values() if "size_level" in node["inputs"]]
+    assert levels == [1024, 1024]   # VLM Encode and Pack Ref Latent
+    assert json.loads(DEFAULT_WORKFLOW.read_text()) != prompt   # the shipped file is left as it is
