@@ -49,6 +49,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
+sys.path.insert(0, str(REPO / "tests" / "tiny_models"))
 
 from benchmarks.bench_dit import timed  # noqa: E402
 from tests.unit.vlm_support import import_pack_module  # noqa: E402
@@ -76,7 +77,7 @@ INSTRUCTION = "Make it a snowy winter scene, with snowflakes falling on the cat"
 # ---- random full-size (or tiny) weights ----------------------------------------------------------------
 
 def _random_state(shapes: dict, dtype: torch.dtype, device: torch.device, seed: int) -> dict[str, torch.Tensor]:
-    """Tensors of ``shapes`` (key → meta tensor) drawn by scripts/make_tiny_weights.py's rule (fan-in scaled
+    """Tensors of ``shapes`` (key → meta tensor) drawn by tests/tiny_models/make_tiny_weights.py's rule (fan-in scaled
     normal weights, unit norm scales, small biases), one at a time on ``device``, kept on the CPU in ``dtype``."""
     from make_tiny_weights import _randomize
 
@@ -142,7 +143,7 @@ def qwen_shapes() -> dict:
 
 def qwen_clip(shapes: dict | None, device: torch.device):
     """ComfyUI's Qwen2.5-VL-7B (CLIP type qwen_image) with random bf16 weights of ``shapes``, loaded as Load
-    CLIP loads the file's tensors; None: the golden fixtures' tiny Qwen2.5-VL (scripts/tiny_clip_loader.py)."""
+    CLIP loads the file's tensors; None: the golden fixtures' tiny Qwen2.5-VL (tests/tiny_models/tiny_clip_loader.py)."""
     import comfy.sd
 
     if shapes is None:

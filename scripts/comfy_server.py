@@ -19,7 +19,8 @@ from pathlib import Path
 
 PACK_DIR = Path(__file__).resolve().parents[1]
 PACK_NAME = "ComfyUI-Step1X-Edit"   # folder name under custom_nodes/ (also the template-browser group)
-TINY_CLIP_PLUGIN = PACK_DIR / "scripts" / "tiny_clip_loader.py"
+TINY_MODELS_DIR = PACK_DIR / "tests" / "tiny_models"   # tiny stand-in weights and their Load CLIP plugin
+TINY_CLIP_PLUGIN = TINY_MODELS_DIR / "tiny_clip_loader.py"
 BASE_SUBDIRS = ("custom_nodes", "input", "output", "temp", "user", "models")
 # Log lines of ComfyUI 0.3.75 nodes.py when a pack fails to load (the server keeps running).
 PACK_FAILURE_MARKERS = ("IMPORT FAILED", "Cannot import", "Error while calling comfy_entrypoint",
@@ -43,9 +44,9 @@ def free_port() -> int:
 
 
 def tiny_weights(work_dir: Path, comfyui_dir: Path, python: str = sys.executable) -> Path:
-    """Tiny random stand-ins for the official files (scripts/make_tiny_weights.py), made once per
+    """Tiny random stand-ins for the official files (tests/tiny_models/make_tiny_weights.py), made once per
     generator version into <work>/tiny-weights/<hash> and reused."""
-    generator = PACK_DIR / "scripts" / "make_tiny_weights.py"
+    generator = TINY_MODELS_DIR / "make_tiny_weights.py"
     cache = work_dir / "tiny-weights" / hashlib.sha256(generator.read_bytes()).hexdigest()[:12]
     if not (cache / ".complete").exists():
         subprocess.run([python, str(generator), str(cache), "--comfyui", str(comfyui_dir)], check=True)
@@ -68,7 +69,7 @@ def link_models(source: Path, models_dir: Path) -> None:
 
 def link_tiny_weights(work_dir: Path, comfyui_dir: Path, base_dir: Path, python: str = sys.executable) -> None:
     """The tiny stand-ins in base_dir/models, and the plugin that lets core Load CLIP build the tiny
-    Qwen2.5-VL from its single file (scripts/tiny_clip_loader.py) in base_dir/custom_nodes."""
+    Qwen2.5-VL from its single file (tests/tiny_models/tiny_clip_loader.py) in base_dir/custom_nodes."""
     link_models(tiny_weights(work_dir, comfyui_dir, python), base_dir / "models")
     plugin = base_dir / "custom_nodes" / TINY_CLIP_PLUGIN.name
     if not plugin.exists():

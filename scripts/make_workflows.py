@@ -3,10 +3,10 @@
 
     python scripts/make_workflows.py
 
-The UI-format twins (workflows/ui/<name>.json, copied to example_workflows/ for ComfyUI's template
-browser) are made from these by the frontend itself (scripts/export_ui_workflows.js), so both forms
-describe the same graph; tests/integration/test_browser.py checks that. The two forms live in
-sub-folders because ComfyUI also offers every top-level workflows/*.json as a template.
+The UI-format twins (example_workflows/<name>.json, what ComfyUI's template browser offers) are made
+from these by the frontend itself (scripts/export_ui_workflows.sh), so both forms describe the same graph;
+tests/integration/test_browser.py checks that. The API files live in a sub-folder because ComfyUI also
+offers every top-level workflows/*.json as a template.
 """
 from __future__ import annotations
 
@@ -141,7 +141,7 @@ WORKFLOWS = {
     "step1x_edit": edit_workflow(),
     "step1x_edit_fp8": edit_workflow(weight_dtype="fp8_e4m3fn", size_level=1024, prefix="step1x_edit_fp8"),
     "step1x_edit_lowvram": edit_workflow(weight_dtype="fp8_e4m3fn", tiled_decode=True, prefix="step1x_edit_lowvram"),
-    "step1x_t2i_v1p1": text_to_image_workflow(),
+    "step1x_text_to_image": text_to_image_workflow(),
     "step1x_edit_lora": edit_workflow(prefix="step1x_edit_lora", lora=True),
     "step1x_edit_hf_folder": edit_workflow(prefix="step1x_edit_hf_folder", hf_folder=True),
     "step1x_edit_ksampler": core_sampler_workflow("step1x_edit_ksampler", custom=False),

@@ -10,5 +10,6 @@ import os
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY_MODELS_DIR = REPO_ROOT / "tests" / "tiny_models"   # generators of the tiny stand-in weights
 WORK_DIR = Path(os.environ.get("STEP1X_WORK") or REPO_ROOT / ".work").resolve()
 COMFYUI_DIR = Path(os.environ.get("STEP1X_COMFYUI") or WORK_DIR / "ComfyUI").resolve()

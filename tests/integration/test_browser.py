@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 from tests.environment import WORK_DIR as WORK
-from workflow_files import EXAMPLES_DIR, TEST_SIZE_LEVEL, TEST_STEPS, UI_DIR, api_workflow_names, load_api
+from workflow_files import (API_DIR, EXAMPLES_DIR, TEST_SIZE_LEVEL, TEST_STEPS, V12_API_DIR, api_workflow_names,
+                            load_api)
 
 BROWSER_DIR = Path(__file__).resolve().parent / "browser"
 NODE_MODULES = WORK / "node" / "node_modules"
@@ -57,15 +58,17 @@ def same_graph(ui_prompt: dict, api_prompt: dict, server_url: str) -> None:
         assert ui_inputs == node["inputs"], f"node {node_id} ({node['class_type']}) differs"
 
 
-@pytest.mark.parametrize("name", api_workflow_names())
-def test_ui_workflow_is_the_api_workflow_and_the_template_copy(name):
-    assert (UI_DIR / f"{name}.json").read_bytes() == (EXAMPLES_DIR / f"{name}.json").read_bytes(), \
-        f"example_workflows/{name}.json differs from workflows/ui/{name}.json: copy it again"
+def test_every_api_workflow_has_its_ui_twin_in_the_template_folder_and_no_other():
+    api_names = {p.stem for folder in (API_DIR, V12_API_DIR) for p in folder.glob("*.json")}
+    ui_names = {p.stem for p in EXAMPLES_DIR.glob("*.json")}
+    assert api_names == ui_names, (f"API files without a UI twin: {sorted(api_names - ui_names)}; UI files without "
+                                   f"an API twin: {sorted(ui_names - api_names)} (scripts/export_ui_workflows.sh)")
+    assert len(api_names) >= 13
 
 
 def test_edit_workflow_loads_renders_and_runs_from_the_browser(server):
     screenshot = SCREENSHOT_DIR / "step1x_edit.png"
-    result = run_ui_check(server.url, UI_DIR / "step1x_edit.json", screenshot, queue_with=QUICK_WIDGETS)
+    result = run_ui_check(server.url, EXAMPLES_DIR / "step1x_edit.json", screenshot, queue_with=QUICK_WIDGETS)
     assert result["missing"] == [], f"node types unknown to the frontend: {result['missing']}"
     assert not any("missing" in text.lower() for text in result["dialogText"]), result["dialogText"]
     assert result["nodeCount"] == len(load_api("step1x_edit"))
@@ -80,7 +83,7 @@ def test_edit_workflow_loads_renders_and_runs_from_the_browser(server):
 @pytest.mark.parametrize("name", [n for n in api_workflow_names() if n != "step1x_edit"])
 def test_variant_workflows_load_with_every_node_known(server, name):
     # Their runs are covered through the API (test_workflows.py); here: loading and conversion.
-    result = run_ui_check(server.url, UI_DIR / f"{name}.json", SCREENSHOT_DIR / f"{name}.png")
+    result = run_ui_check(server.url, EXAMPLES_DIR / f"{name}.json", SCREENSHOT_DIR / f"{name}.png")
     assert result["missing"] == [], f"node types unknown to the frontend: {result['missing']}"
     assert not any("missing" in text.lower() for text in result["dialogText"]), result["dialogText"]
     same_graph(result["apiPrompt"], load_api(name), server.url)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from comfy_server import PACK_NAME, pack_import_failures
+from workflow_files import EXAMPLES_DIR
 
 NODE_IDS = ("Step1XModelLoader", "Step1XVLMEncode", "Step1XPackRefLatent", "Step1XSampler", "Step1XUnpackDecode",
             "Step1XCoreSamplerSetup", "Step1XTeaCache")
@@ -46,4 +47,6 @@ def test_sampler_defaults_are_the_official_ones(client):
 
 def test_example_workflows_are_offered_to_the_template_browser(client):
     templates = client.get_json("/workflow_templates")
-    assert "step1x_edit" in templates.get(PACK_NAME, [])
+    shipped = sorted(path.stem for path in EXAMPLES_DIR.glob("*.json"))
+    assert sorted(templates.get(PACK_NAME, [])) == shipped   # the UI files only: no API file offered as a template
+    assert {"step1x_edit", "step1x_edit_v12", "step1x_text_to_image"} <= set(shipped)

@@ -15,11 +15,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 from queue_edit import ComfyError, output_images
-from workflow_files import PHOTO_SIZE, TEST_SIZE_LEVEL, TEST_STEPS, set_inputs
+from workflow_files import EXAMPLES_DIR, PHOTO_SIZE, TEST_SIZE_LEVEL, TEST_STEPS, V12_API_DIR, set_inputs
+
+from tests.environment import TINY_MODELS_DIR
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-V12_API_DIR = REPO_ROOT / "workflows" / "v1_2" / "api"
-GENERATOR = REPO_ROOT / "scripts" / "make_tiny_v1_2.py"
+GENERATOR = TINY_MODELS_DIR / "make_tiny_v12.py"
 PIPELINE = "Step1X-Edit-v1p2"
 STOCK_QWEN = "Qwen2.5-VL-7B-Instruct"   # the tiny stock Qwen of the v1.0/v1.1 workflows, in text_encoders/
 V12_NODES = ("Step1XV12Loader", "Step1XV12Encode", "Step1XThink", "Step1XReasoningEdit")
@@ -29,7 +30,7 @@ RUN_TIMEOUT_S = 900
 @pytest.fixture(scope="session")
 def v12_pipeline(base_dir) -> Path:
     """The tiny v1.2 pipeline folder in models/diffusion_models (made once per generator version)."""
-    work = base_dir.parent / "tiny-v1_2"
+    work = base_dir.parent / "tiny-v12"
     cache = work / hashlib.sha256(GENERATOR.read_bytes()).hexdigest()[:12]
     if not (cache / PIPELINE).is_dir():
         subprocess.run([sys.executable, str(GENERATOR), str(cache)], check=True)
@@ -85,12 +86,12 @@ def test_v12_nodes_are_registered_with_tooltips(client, v12_pipeline):
 
 
 def test_plain_v12_edit_workflow_runs(client, v12_pipeline):
-    history = client.run(quick_v12(load_v12("step1x_edit_v1_2")), RUN_TIMEOUT_S)
+    history = client.run(quick_v12(load_v12("step1x_edit_v12")), RUN_TIMEOUT_S)
     assert saved_sizes(client, history) == [PHOTO_SIZE]
 
 
 def test_reasoning_edit_workflow_runs_and_explains_itself(client, v12_pipeline):
-    prompt = quick_v12(load_v12("step1x_reasoning_edit_v1_2"))
+    prompt = quick_v12(load_v12("step1x_reasoning_edit_v12"))
     history = client.run(prompt, RUN_TIMEOUT_S)
     assert saved_sizes(client, history) == [PHOTO_SIZE]
     outputs = history["outputs"]
@@ -104,11 +105,11 @@ def test_reasoning_edit_workflow_runs_and_explains_itself(client, v12_pipeline):
 
 
 def test_plain_edit_is_seeded(client, v12_pipeline):
-    prompt = quick_v12(load_v12("step1x_edit_v1_2"))
+    prompt = quick_v12(load_v12("step1x_edit_v12"))
     first = saved_images(client, client.run(prompt, RUN_TIMEOUT_S))
-    again = quick_v12(load_v12("step1x_edit_v1_2"))
+    again = quick_v12(load_v12("step1x_edit_v12"))
     assert saved_images(client, client.run(again, RUN_TIMEOUT_S)) == first
-    other = set_inputs(quick_v12(load_v12("step1x_edit_v1_2")), "Step1XSampler", seed=7)
+    other = set_inputs(quick_v12(load_v12("step1x_edit_v12")), "Step1XSampler", seed=7)
     assert saved_images(client, client.run(other, RUN_TIMEOUT_S)) != first
 
 
@@ -121,13 +122,13 @@ def saved_images(client, history: dict) -> list[bytes]:
 
 
 def test_stock_qwen_as_v12_text_encoder_names_the_folder_to_use(client, v12_pipeline):
-    prompt = set_inputs(quick_v12(load_v12("step1x_edit_v1_2")), "Step1XV12Loader", text_encoder=STOCK_QWEN)
+    prompt = set_inputs(quick_v12(load_v12("step1x_edit_v12")), "Step1XV12Loader", text_encoder=STOCK_QWEN)
     with pytest.raises(ComfyError, match=r"stock Qwen2\.5-VL.*Step1X-Edit-v1p2 folder"):
         client.run(prompt, RUN_TIMEOUT_S)
 
 
 def test_v10_conditioning_with_the_v12_model_names_the_v12_encoder(client, v12_pipeline):
-    prompt = quick_v12(load_v12("step1x_edit_v1_2"))
+    prompt = quick_v12(load_v12("step1x_edit_v12"))
     prompt["9"] = {"class_type": "Step1XVLMEncode", "inputs": {
         "image": ["1", 0], "instruction": "make it snow", "negative_instruction": "", "size_level": TEST_SIZE_LEVEL,
         "resize_filter": "lanczos", "hf_folder": STOCK_QWEN, "release": "v1.0"}}
@@ -138,25 +139,17 @@ def test_v10_conditioning_with_the_v12_model_names_the_v12_encoder(client, v12_p
 
 # ---- the UI twins in ComfyUI's own frontend (headless Chromium) ----------------------------------
 
-V12_UI_DIR = REPO_ROOT / "workflows" / "v1_2" / "ui"
-EXAMPLES_DIR = REPO_ROOT / "example_workflows"
 V12_QUICK_WIDGETS = {"Step1XSampler": {"steps": TEST_STEPS}, "Step1XV12Encode": {"size_level": TEST_SIZE_LEVEL},
                      "Step1XPackRefLatent": {"size_level": TEST_SIZE_LEVEL}}
 V12_WORKFLOWS = sorted(p.stem for p in V12_API_DIR.glob("*.json"))
 
 
 @pytest.mark.parametrize("name", V12_WORKFLOWS)
-def test_v12_ui_workflow_is_shipped_as_a_template(name):
-    assert (V12_UI_DIR / f"{name}.json").read_bytes() == (EXAMPLES_DIR / f"{name}.json").read_bytes(), \
-        f"example_workflows/{name}.json differs from workflows/v1_2/ui/{name}.json: copy it again"
-
-
-@pytest.mark.parametrize("name", V12_WORKFLOWS)
 def test_v12_ui_workflow_loads_and_is_the_api_workflow(server, v12_pipeline, name):
     from test_browser import SCREENSHOT_DIR, run_ui_check, same_graph
 
-    run = name == "step1x_edit_v1_2"   # the reasoning workflow's run is covered through the API above
-    result = run_ui_check(server.url, V12_UI_DIR / f"{name}.json", SCREENSHOT_DIR / f"{name}.png",
+    run = name == "step1x_edit_v12"   # the reasoning workflow's run is covered through the API above
+    result = run_ui_check(server.url, EXAMPLES_DIR / f"{name}.json", SCREENSHOT_DIR / f"{name}.png",
                           queue_with=V12_QUICK_WIDGETS if run else None)
     assert result["missing"] == [], f"node types unknown to the frontend: {result['missing']}"
     assert not any("missing" in text.lower() for text in result["dialogText"]), result["dialogText"]

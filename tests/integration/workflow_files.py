@@ -7,9 +7,9 @@ import uuid
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-API_DIR = REPO_ROOT / "workflows" / "api"
-UI_DIR = REPO_ROOT / "workflows" / "ui"
-EXAMPLES_DIR = REPO_ROOT / "example_workflows"
+API_DIR = REPO_ROOT / "workflows" / "api"            # v1.0 / v1.1, API format
+V12_API_DIR = REPO_ROOT / "workflows" / "v12"        # v1.2, API format
+EXAMPLES_DIR = REPO_ROOT / "example_workflows"      # every UI-format twin (the template browser's folder)
 PHOTO_SIZE = (451, 300)        # workflows/input/chelsea_the_cat.png
 TEST_SIZE_LEVEL = 256          # smallest size level VLM Encode accepts: keeps the full-width VAE quick on CPU
 TEST_STEPS = 2

@@ -10,12 +10,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from tests.environment import TINY_MODELS_DIR
 from tests.golden import REPO_ROOT
 from tests.unit.comfy_support import import_node_module
 from tests.unit.test_nodes_loader import edit_once, relative_l2
 from tests.unit.vlm_support import import_pack_module
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
+sys.path.insert(0, str(TINY_MODELS_DIR))
 import convert_to_comfy_fp8  # noqa: E402
 from make_tiny_weights import make_dit  # noqa: E402
 

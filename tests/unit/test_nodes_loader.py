@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tests.golden import REPO_ROOT
+from tests.environment import TINY_MODELS_DIR
 from tests.unit.comfy_support import import_node_module
 from tests.unit.vlm_support import import_pack_module
 
@@ -31,7 +31,7 @@ def loader():
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
-    sys.path.insert(0, str(REPO_ROOT / "scripts"))
+    sys.path.insert(0, str(TINY_MODELS_DIR))
     from make_tiny_weights import make_dit
 
     path = tmp_path_factory.mktemp("dit") / "step1x-edit-v1p1-official.safetensors"

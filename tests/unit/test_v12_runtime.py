@@ -1,6 +1,6 @@
 """nodes/v12_runtime.py inside ComfyUI (no server): conditioning round trip, the v1.2 pixel paths,
 folder listing, the seeded VLM adapter, and a two-try reasoning edit through the real v1.2 editor
-(tiny DiT and VLM from scripts/make_tiny_v1_2.py, a stand-in VAE, scripted judge answers)."""
+(tiny DiT and VLM from tests/tiny_models/make_tiny_v12.py, a stand-in VAE, scripted judge answers)."""
 from __future__ import annotations
 
 import subprocess
@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.environment import TINY_MODELS_DIR
 from tests.golden import REPO_ROOT
 from tests.unit.comfy_support import import_node_module
 from tests.unit.vlm_support import import_pack_module
@@ -25,8 +26,8 @@ def runtime():
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tiny-v1_2")
-    subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "make_tiny_v1_2.py"), str(out)], check=True)
+    out = tmp_path_factory.mktemp("tiny-v12")
+    subprocess.run([sys.executable, str(TINY_MODELS_DIR / "make_tiny_v12.py"), str(out)], check=True)
     return out / "Step1X-Edit-v1p2"
 
 

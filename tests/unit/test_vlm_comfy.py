@@ -14,13 +14,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.golden import REPO_ROOT
+from tests.environment import TINY_MODELS_DIR
 from tests.unit.comfy_support import import_node_module
 from tests.unit.vlm_support import (VLM_DIR, assert_v11_sdpa_semantics, case_names, import_pack_module, load_case, max_abs_error,
                                     tolerance, window)
 
 TINY_FOLDER = VLM_DIR / "tiny-qwen25vl"
-sys.path.insert(0, str(REPO_ROOT / "scripts"))
+sys.path.insert(0, str(TINY_MODELS_DIR))
 
 P = import_pack_module("model.vlm_prompt")
 I = import_pack_module("model.vlm_image")
@@ -35,7 +35,7 @@ def vlm_comfy():
 def _tiny_clip():
     """A comfy.sd.CLIP holding ComfyUI's Qwen2.5-VL classes at the tiny fixture sizes (config.json), loaded
     from the fixture's weights in the layout of ComfyUI's qwen_2.5_vl_7b file, as the tiny stand-in file
-    of scripts/make_tiny_weights.py holds them."""
+    of tests/tiny_models/make_tiny_weights.py holds them."""
     from make_tiny_weights import comfy_text_encoder
     from tiny_clip_loader import tiny_qwen_clip
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Write tiny random-weight stand-ins for the official Step1X-Edit files, in their real layouts.
 
-    python scripts/make_tiny_weights.py OUT_DIR [--comfyui .work/ComfyUI]
+    python tests/tiny_models/make_tiny_weights.py OUT_DIR [--comfyui .work/ComfyUI]
 
 OUT_DIR gets a ComfyUI models/ layout under the official file names, so the shipped workflows run
 unchanged on them (the edited image is noise; the point is the plumbing, sizes and file formats):
@@ -14,7 +14,7 @@ unchanged on them (the edited image is noise; the point is the plumbing, sizes a
   text_encoders/Qwen2.5-VL-7B-Instruct/                   the tiny Qwen2.5-VL of the golden fixtures
   text_encoders/qwen_2.5_vl_7b.safetensors                the same in ComfyUI's single-file layout (Load
                                                           CLIP, qwen_image); its metadata holds the tiny sizes
-                                                          for scripts/tiny_clip_loader.py
+                                                          for tiny_clip_loader.py
   loras/step1x-edit-lora.safetensors                      a kohya-format LoRA for the tiny DiT
 
 The FLUX VAE keeps its full width (84 M parameters, stored in bfloat16): ComfyUI's VAELoader infers
@@ -30,7 +30,7 @@ import shutil
 import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_COMFYUI = REPO_ROOT / ".work" / "ComfyUI"
 # The tiny Qwen2.5-VL of the repository's reference fixtures (tests/fixtures/golden/README.md).
 DEFAULT_TINY_VLM = REPO_ROOT / "tests" / "fixtures" / "golden" / "vlm" / "tiny-qwen25vl"
@@ -182,7 +182,7 @@ def write_all(out_dir: Path, comfyui_dir: Path, tiny_vlm: Path) -> None:
     for path in text_dir.iterdir():
         path.chmod(0o644)
     from safetensors.torch import load_file
-    from tiny_clip_loader import TINY_CONFIG_KEY   # scripts/ is on sys.path: this script's own folder
+    from tiny_clip_loader import TINY_CONFIG_KEY   # this script's own folder is on sys.path
 
     save_file(comfy_text_encoder(load_file(str(tiny_vlm / "model.safetensors"))),
               str(out_dir / "text_encoders" / TEXT_ENCODER_FILE),

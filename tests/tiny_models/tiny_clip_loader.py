@@ -1,5 +1,5 @@
 """Test harness plugin for ComfyUI: lets core *Load CLIP* (type qwen_image) load the tiny Qwen2.5-VL
-stand-in of ``text_encoders/qwen_2.5_vl_7b.safetensors`` that scripts/make_tiny_weights.py writes.
+stand-in of ``text_encoders/qwen_2.5_vl_7b.safetensors`` that make_tiny_weights.py (same folder) writes.
 
 ComfyUI builds its Qwen2.5-VL-7B at the released sizes whatever the file holds (and tells the model
 from the file by ``k_proj.bias`` being 512 wide), so a tiny file needs the tiny sizes handed in. The

@@ -1,10 +1,9 @@
 #!/usr/bin/env python3
-"""Write the shipped Step1X-Edit v1.2 API-format workflows (workflows/v1_2/api/<name>.json).
+"""Write the shipped Step1X-Edit v1.2 API-format workflows (workflows/v12/<name>.json).
 
-    python scripts/make_workflows_v1_2.py
+    python scripts/make_workflows_v12.py
 
-The UI-format twins (workflows/v1_2/ui/, copied to example_workflows/ for ComfyUI's template
-browser) are made from these by the frontend (tests/integration/browser/export_ui.js), like the
+The UI-format twins (example_workflows/, with the v1.0/v1.1 ones) are made from these by the frontend (tests/integration/browser/export_ui.js), like the
 v1.0/v1.1 workflows of scripts/make_workflows.py. They live in their own folder because their graph
 (v1.2 loader, encoder and sampler, the reasoning node) is not the v1.1 one the other workflow tests edit.
 """
@@ -14,7 +13,7 @@ from pathlib import Path
 
 from make_workflows import PHOTO, VAE, node, write_workflows
 
-API_DIR = Path(__file__).resolve().parents[1] / "workflows" / "v1_2" / "api"
+API_DIR = Path(__file__).resolve().parents[1] / "workflows" / "v12"
 PIPELINE = "Step1X-Edit-v1p2"   # the release's folder, in models/diffusion_models
 INSTRUCTION = 'Put a small wooden sign saying "HELLO" next to the cat'
 SIZE_LEVEL = 1024               # the v1.2 pipeline's default
@@ -39,7 +38,7 @@ def edit_workflow() -> dict:
         "6": node("Step1XSampler", "Step1X Sampler", model=["3", 0], positive=["4", 0], negative=["4", 1],
                   ref_latent=["5", 0], seed=42, steps=28, cfg=6.0, cfg_renorm="model default", shift_schedule=True),
         "7": node("Step1XUnpackDecode", "Unpack/Decode", samples=["6", 0], vae=["2", 0], output_size="original"),
-        "8": node("SaveImage", "Save Image", images=["7", 0], filename_prefix="step1x_edit_v1_2"),
+        "8": node("SaveImage", "Save Image", images=["7", 0], filename_prefix="step1x_edit_v12"),
     }
 
 
@@ -52,13 +51,13 @@ def reasoning_workflow() -> dict:
                   image=["1", 0], instruction=INSTRUCTION, negative_instruction="", size_level=SIZE_LEVEL, seed=42,
                   steps=28, cfg=6.0, cfg_renorm=RENORM, max_tries=3, thinking=True, reflection=True,
                   vlm_attempts=20),
-        "5": node("SaveImage", "Save chosen image", images=["4", 0], filename_prefix="step1x_reasoning_v1_2"),
+        "5": node("SaveImage", "Save chosen image", images=["4", 0], filename_prefix="step1x_reasoning_v12"),
         "6": node("PreviewImage", "Every try", images=["4", 1]),
         "7": node("PreviewAny", "Reasoning", source=["4", 2]),
     }
 
 
-WORKFLOWS = {"step1x_edit_v1_2": edit_workflow(), "step1x_reasoning_edit_v1_2": reasoning_workflow()}
+WORKFLOWS = {"step1x_edit_v12": edit_workflow(), "step1x_reasoning_edit_v12": reasoning_workflow()}
 
 
 def main() -> None:

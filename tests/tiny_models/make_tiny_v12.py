@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Write a tiny random-weight stand-in for the Step1X-Edit v1.2 diffusers pipeline folder.
 
-    python scripts/make_tiny_v1_2.py OUT_DIR [--tiny-vlm tests/fixtures/golden/vlm/tiny-qwen25vl]
+    python tests/tiny_models/make_tiny_v12.py OUT_DIR [--tiny-vlm tests/fixtures/golden/vlm/tiny-qwen25vl]
 
 OUT_DIR/Step1X-Edit-v1p2/ gets the release's diffusers layout: model_index.json naming
 Step1XEditPipelineV1P2, transformer/ (a tiny v1.2 DiT in diffusers keys, two shards and their
@@ -17,7 +17,7 @@ import shutil
 import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 # The tiny Qwen2.5-VL of the repository's reference fixtures (tests/fixtures/golden/README.md).
 DEFAULT_TINY_VLM = REPO_ROOT / "tests" / "fixtures" / "golden" / "vlm" / "tiny-qwen25vl"
 PIPELINE_DIR = "Step1X-Edit-v1p2"
@@ -34,7 +34,7 @@ def tiny_v12_state(vlm_hidden: int) -> dict:
     import torch
 
     sys.path.insert(0, str(REPO_ROOT))
-    sys.path.insert(0, str(REPO_ROOT / "scripts"))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from make_tiny_weights import TINY_CONFIG, _randomize
 
     from model.dit import Step1XEdit
