@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .sampling import StepCallback, denoise, pack_latent, sequence_ids, unpack_latent
+from .sampling import ImageTokens, StepCallback
 
 
 @dataclass(frozen=True)
@@ -66,29 +66,19 @@ def sample_per_branch(
     the B images share the branch texts (the fork's ``num_images_per_prompt``). Guidance is
     renormalised on steps with ``t > renorm_threshold`` (:func:`model.sampling.guided_velocity`).
     """
-    batch, _, latent_h, latent_w = noise.shape
-    switches = model.params.switches
-    x = pack_latent(noise.to(device=device, dtype=torch.float32))
-    n_noise = x.shape[1]
-    ids = sequence_ids(latent_h, latent_w, switches, ref_latent is not None, device=device)
-    parts = [x.to(compute_dtype)]
-    if ref_latent is not None:
-        parts.append(pack_latent(ref_latent).to(device=device, dtype=compute_dtype).expand(batch, -1, -1))
-    model_input = torch.cat(parts, dim=1)
-    branches = [branch.model_inputs(batch, device) for branch in (cond, uncond)]
-    pes = [model.positions(branch.txt_ids[None].to(device=device, dtype=torch.float32), ids[None])
+    tokens = ImageTokens.prepare(noise, ref_latent, model.params.switches, 1, compute_dtype, device)
+    branches = [branch.model_inputs(tokens.batch, device) for branch in (cond, uncond)]
+    pes = [model.positions(branch.txt_ids[None].to(device=device, dtype=torch.float32), tokens.ids[None])
            for branch in (cond, uncond)]
-    t_batch = torch.empty(batch, dtype=compute_dtype, device=device)
 
     def predict(x: Tensor, t: float) -> tuple[Tensor, Tensor]:
-        model_input[:, :n_noise].copy_(x)
-        t_batch.fill_(t)
-        img = model.img_in(model_input)  # the same image tokens for both branches: embed them once
+        tokens.write_step(x, t)
+        img = model.img_in(tokens.model_input)  # the same image tokens for both branches: embed them once
         preds = []
         for (embedding, mask, text_embeds, text_mask), pe in zip(branches, pes):
-            txt, vec = model.embed(t_batch, embedding, t_batch, mask, compute_dtype, text_embeds, text_mask)
-            preds.append(model.blocks(img, txt, vec, pe)[:, :n_noise].float())
+            txt, vec = model.embed(tokens.timestep, embedding, tokens.timestep, mask, compute_dtype, text_embeds,
+                                   text_mask)
+            preds.append(model.blocks(img, txt, vec, pe)[:, :tokens.n_noise].float())
         return preds[0], preds[1]
 
-    x = denoise(predict, x, timesteps, cfg, renorm_threshold, callback)
-    return unpack_latent(x, latent_h, latent_w)
+    return tokens.denoise_to_latent(predict, timesteps, cfg, renorm_threshold, callback)

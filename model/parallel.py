@@ -21,7 +21,7 @@ from torch.nn.functional import scaled_dot_product_attention
 
 from .attention import apply_rope, attention
 from .params import VersionSwitches
-from .sampling import SamplingInputs, StepCallback, denoise, pack_latent, sequence_ids, unpack_latent
+from .sampling import CFG_BRANCHES, ImageTokens, SamplingInputs, StepCallback
 
 
 @dataclass(frozen=True)
@@ -118,43 +118,28 @@ def sample_parallel(
     if num_heads % plan.sp_degree:
         raise ValueError(f"sequence parallelism over {plan.sp_degree} ranks needs the head count ({num_heads}) "
                          "to be divisible by it")
-    batch, _, latent_h, latent_w = inputs.noise.shape
-    x = pack_latent(inputs.noise.to(device=device, dtype=torch.float32))
-    n_noise = x.shape[1]
-    ids = sequence_ids(latent_h, latent_w, switches, inputs.ref_latent is not None, device=device)
-    branches = [(inputs.cond, inputs.cond_mask), (inputs.uncond, inputs.uncond_mask)]
-    if plan.cfg_degree == 2:
-        branches = [branches[plan.cfg_rank]]
-    rows = batch * len(branches)
-    tokens = [x.to(compute_dtype).repeat(len(branches), 1, 1)]
-    if inputs.ref_latent is not None:
-        tokens.append(pack_latent(inputs.ref_latent).to(device=device, dtype=compute_dtype).repeat(len(branches), 1, 1))
-    model_input = torch.cat(tokens, dim=1)
-    sizes = shard_sizes(ids.shape[0], plan.sp_degree)
+    branches = range(CFG_BRANCHES) if plan.cfg_degree == 1 else (plan.cfg_rank,)
+    tokens = ImageTokens.prepare(inputs.noise, inputs.ref_latent, switches, len(branches), compute_dtype, device)
+    sizes = shard_sizes(tokens.ids.shape[0], plan.sp_degree)
     start = sum(sizes[: plan.sp_rank])
     mine = slice(start, start + sizes[plan.sp_rank])
-    llm_embedding = torch.cat([e for e, _ in branches]).to(device)
-    mask = torch.cat([m for _, m in branches]).to(device)
+    llm_embedding, mask, txt_ids = inputs.branch_text(branches, device)
     txt_len = llm_embedding.shape[1]
-    txt_ids = torch.zeros((1, txt_len, 3), dtype=torch.float32, device=device)
-    pe = model.positions(txt_ids, ids[None, mine])
+    pe = model.positions(txt_ids, tokens.ids[None, mine])
     attn = attention if plan.sp_degree == 1 else partial(
         ulysses_attention, txt_len=txt_len, sizes=sizes, group=plan.sp_group)
-    t_rows = torch.empty(rows, dtype=compute_dtype, device=device)
+    batch = tokens.batch
 
     def predict(x: Tensor, t: float) -> tuple[Tensor, Tensor]:
-        for branch in range(len(branches)):
-            model_input[branch * batch:(branch + 1) * batch, :n_noise].copy_(x)
-        t_rows.fill_(t)
-        txt, vec = model.embed(t_rows, llm_embedding, t_rows, mask, compute_dtype)
-        local = model.blocks(model.img_in(model_input[:, mine]), txt, vec, pe, attn)
+        tokens.write_step(x, t)
+        txt, vec = model.embed(tokens.timestep, llm_embedding, tokens.timestep, mask, compute_dtype)
+        local = model.blocks(model.img_in(tokens.model_input[:, mine]), txt, vec, pe, attn)
         pred = local if plan.sp_degree == 1 else _gather_tokens(local, sizes, plan.sp_group)
-        pred = pred[:, :n_noise].float()
+        pred = pred[:, :tokens.n_noise].float()
         if plan.cfg_degree == 1:
             return pred[:batch], pred[batch:]
-        both = [torch.empty_like(pred) for _ in range(2)]
+        both = [torch.empty_like(pred) for _ in range(CFG_BRANCHES)]
         dist.all_gather(both, pred, group=plan.cfg_group)
         return both[0], both[1]
 
-    x = denoise(predict, x, inputs.timesteps, cfg, renorm_threshold, callback)
-    return unpack_latent(x, latent_h, latent_w)
+    return tokens.denoise_to_latent(predict, inputs.timesteps, cfg, renorm_threshold, callback)

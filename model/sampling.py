@@ -7,7 +7,7 @@ Euler loop with cond+uncond batched CFG. Latents here are already in the model's
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +27,9 @@ BASE_SEQ_LEN, MAX_SEQ_LEN = 256, 4096
 # for tokens whose norm exceeds 1.
 RENORM_EXPONENT = 0.4
 RENORM_MIN_NORM = 1.0
+# The DiT runs the instruction (branch 0) and the negative prompt (branch 1) every step (official
+# ``ImageGenerator.denoise`` batches both).
+CFG_BRANCHES = 2
 
 
 def size_for_level(width: int, height: int, size_level: int) -> tuple[int, int]:
@@ -151,6 +154,18 @@ class SamplingInputs:
     uncond_mask: Tensor
     timesteps: Tensor
 
+    def branch_text(self, branches: Sequence[int], device) -> tuple[Tensor, Tensor, Tensor]:
+        """The text of the CFG ``branches`` (0: instruction, 1: negative prompt), branch-major on ``device``.
+
+        → embedding ``[R·B, L, D]``, mask ``[R·B, L]`` and text ids ``[1, L, 3]`` float32, all zero
+        (official ``ImageGenerator.prepare``), for R = ``len(branches)``.
+        """
+        embeddings, masks = (self.cond, self.uncond), (self.cond_mask, self.uncond_mask)
+        embedding = torch.cat([embeddings[branch] for branch in branches]).to(device)
+        mask = torch.cat([masks[branch] for branch in branches]).to(device)
+        txt_ids = torch.zeros((1, embedding.shape[1], 3), dtype=torch.float32, device=device)
+        return embedding, mask, txt_ids
+
 
 Predictor = Callable[[Tensor, float], tuple[Tensor, Tensor]]
 """``predict(x, t) → (cond, uncond)``: the model's velocity for the noisy tokens ``x [B, N, 64]`` at
@@ -207,6 +222,61 @@ def check_finite(finite: Tensor) -> None:
     )
 
 
+@dataclass(frozen=True)
+class ImageTokens:
+    """The DiT's image sequence for one run, built once (official ``ImageGenerator.prepare``) and
+    rewritten in place every step by :meth:`write_step`.
+
+    noise: packed noise ``[B, N, 64]`` float32, the loop's starting latent;
+    model_input: ``[R·B, N or 2N, 64]`` in the compute dtype, R blocks of B rows (one block per CFG
+    branch the model call holds), each row the noisy tokens then, for an edit, the reference tokens;
+    ids: position ids of one row ``[N or 2N, 3]`` (:func:`sequence_ids`);
+    timestep: ``[R·B]`` in the compute dtype, the step's time for every row.
+    """
+
+    noise: Tensor
+    model_input: Tensor
+    ids: Tensor
+    timestep: Tensor
+    latent_h: int
+    latent_w: int
+
+    @classmethod
+    def prepare(cls, noise: Tensor, ref_latent: Tensor | None, switches: VersionSwitches, branches: int,
+                compute_dtype: torch.dtype, device: torch.device) -> ImageTokens:
+        """Pack ``noise [B, 16, h, w]`` and ``ref_latent`` (``[B or 1, 16, h, w]``, None for text-to-image),
+        both in the model's latent scaling, for a model call holding ``branches`` CFG branches."""
+        batch, _, latent_h, latent_w = noise.shape
+        x = pack_latent(noise.to(device=device, dtype=torch.float32))
+        ids = sequence_ids(latent_h, latent_w, switches, ref_latent is not None, device=device)
+        row = [x.to(compute_dtype)]
+        if ref_latent is not None:
+            row.append(pack_latent(ref_latent).to(device=device, dtype=compute_dtype).expand(batch, -1, -1))
+        model_input = torch.cat(row, dim=1).repeat(branches, 1, 1)
+        timestep = torch.empty(branches * batch, dtype=compute_dtype, device=device)
+        return cls(x, model_input, ids, timestep, latent_h, latent_w)
+
+    @property
+    def batch(self) -> int:
+        return self.noise.shape[0]
+
+    @property
+    def n_noise(self) -> int:
+        """N, the noisy tokens at the start of each row (the ones the model's prediction is read from)."""
+        return self.noise.shape[1]
+
+    def write_step(self, x: Tensor, t: float) -> None:
+        """Put the step's latent ``x [B, N, 64]`` into every branch block and ``t`` into :attr:`timestep`."""
+        self.model_input[:, :self.n_noise].unflatten(0, (-1, self.batch)).copy_(x)
+        self.timestep.fill_(t)
+
+    def denoise_to_latent(self, predict: Predictor, timesteps: Tensor, cfg: float, renorm_threshold: float,
+                          callback: StepCallback | None = None) -> Tensor:
+        """:func:`denoise` from :attr:`noise` → final latent ``[B, 16, h, w]`` float32."""
+        x = denoise(predict, self.noise, timesteps, cfg, renorm_threshold, callback)
+        return unpack_latent(x, self.latent_h, self.latent_w)
+
+
 def sample(
     model,
     inputs: SamplingInputs,
@@ -224,28 +294,15 @@ def sample(
     ``device`` is where the activations live (the model's load device). Positions are computed once,
     the model input buffer is allocated once; the loop itself does not synchronise with the host.
     """
-    batch, _, latent_h, latent_w = inputs.noise.shape
-    x = pack_latent(inputs.noise.to(device=device, dtype=torch.float32))
-    n_noise = x.shape[1]
-    ids = sequence_ids(latent_h, latent_w, switches, inputs.ref_latent is not None, device=device)
-    buffer_parts = [x.repeat(2, 1, 1).to(compute_dtype)]
-    if inputs.ref_latent is not None:
-        ref = pack_latent(inputs.ref_latent).to(device=device, dtype=compute_dtype)
-        buffer_parts.append(ref.repeat(2, 1, 1))
-    model_input = torch.cat(buffer_parts, dim=1)
-    llm_embedding = torch.cat((inputs.cond, inputs.uncond)).to(device)
-    mask = torch.cat((inputs.cond_mask, inputs.uncond_mask)).to(device)
-    txt_ids = torch.zeros((1, llm_embedding.shape[1], 3), dtype=torch.float32, device=device)
-    pe = model.positions(txt_ids, ids[None])
-    t_batch = torch.empty(2 * batch, dtype=compute_dtype, device=device)
+    tokens = ImageTokens.prepare(inputs.noise, inputs.ref_latent, switches, CFG_BRANCHES, compute_dtype, device)
+    llm_embedding, mask, txt_ids = inputs.branch_text(range(CFG_BRANCHES), device)
+    pe = model.positions(txt_ids, tokens.ids[None])
+    batch = tokens.batch
 
     def predict(x: Tensor, t: float) -> tuple[Tensor, Tensor]:
-        model_input[:batch, :n_noise].copy_(x)
-        model_input[batch:, :n_noise].copy_(x)
-        t_batch.fill_(t)
-        txt, vec = model.embed(t_batch, llm_embedding, t_batch, mask, compute_dtype)
-        pred = model.blocks(model.img_in(model_input), txt, vec, pe)[:, :n_noise].float()
+        tokens.write_step(x, t)
+        txt, vec = model.embed(tokens.timestep, llm_embedding, tokens.timestep, mask, compute_dtype)
+        pred = model.blocks(model.img_in(tokens.model_input), txt, vec, pe)[:, :tokens.n_noise].float()
         return pred[:batch], pred[batch:]
 
-    x = denoise(predict, x, inputs.timesteps, cfg, renorm_threshold, callback)
-    return unpack_latent(x, latent_h, latent_w)
+    return tokens.denoise_to_latent(predict, inputs.timesteps, cfg, renorm_threshold, callback)
