@@ -147,3 +147,28 @@ def test_seeded_vlm_gives_each_call_its_own_seed(runtime):
     assert [generate("request") for _ in range(3)] == ["answer 18446744073709551614", "answer 18446744073709551615",
                                                        "answer 0"]
     assert seen == [2**64 - 2, 2**64 - 1, 0] and generate.calls == 3
+
+
+def test_managed_hf_runner_keeps_one_model_per_slot(monkeypatch):
+    """The cache both transformers routes share: built once per (folder, dtype), rebuilt for another folder in
+    the same slot (the old one dropped), and slots (VLM Encode's HF folder, the v1.2 VLM) kept apart."""
+    managed = import_node_module("nodes.managed_hf_model")
+    monkeypatch.setattr(managed, "_patchers", {})
+    built = []
+
+    def build(folder):
+        def make(dtype, device):
+            runner = type("Runner", (), {"model": torch.nn.Linear(2, 2), "folder": folder})()
+            built.append((folder, dtype, device))
+            return runner
+        return make
+
+    first = managed.managed_hf_runner("a", "one", build("one"))
+    assert managed.managed_hf_runner("a", "one", build("one")) is first and len(built) == 1
+    other_slot = managed.managed_hf_runner("b", "one", build("one"))
+    assert other_slot is not first and len(built) == 2
+    replaced = managed.managed_hf_runner("a", "two", build("two"))
+    assert replaced.folder == "two" and len(built) == 3
+    assert managed.managed_hf_runner("b", "one", build("one")) is other_slot and len(built) == 3
+    assert set(managed._patchers) == {"a", "b"}
+    assert built[0][2] == managed.mm.text_encoder_offload_device()
