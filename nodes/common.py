@@ -17,7 +17,7 @@ CATEGORY = "Step1X-Edit"
 # Key the VLM encoder puts in each conditioning's options dict (nodes/node_vlm_encode.py); its value is
 # the encoder release. Conditioning without it comes from another model family (e.g. Qwen-Image).
 CONDITIONING_MARKER = "step1x_edit"
-# v1.2 encodings (Step1X v1.2 VLM Encode, nodes/v12_runtime.py to_conditioning) carry the marker value
+# v1.2 encodings (Step1X v1.2 VLM Encode, nodes/v12_edit.py to_conditioning) carry the marker value
 # V12_RELEASE and, per prompt, the DiT's text ids, the quoted-token input embeddings and their mask.
 V12_RELEASE = "v1.2"
 TXT_IDS_KEY, TEXT_EMBEDS_KEY, TEXT_MASK_KEY = "txt_ids", "text_embeds", "text_mask"

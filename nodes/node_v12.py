@@ -17,9 +17,10 @@ from ..model.checkpoint import CheckpointError
 from ..model.vlm_image import image_tensor_to_pil
 from ..model.vlm_v12_encode import encode_v12, vlm_source_image
 from .common import CATEGORY, MAX_SIZE_LEVEL, MIN_SIZE_LEVEL, SIZE_LEVEL_STEP
-from .model_folders import HF_FOLDER_ROOT, find_model_folder, list_hf_folders
+from .model_folders import HF_FOLDER_ROOT, find_model_folder, list_dit_folders, list_hf_folders
 from .model_loading import MODEL_FOLDER, WEIGHT_DTYPES, load_step1x_model
-from .v12_runtime import V12_SIZE_LEVEL, V12VLM, Step1XVLM, list_model_folders, to_conditioning
+from .v12_edit import V12_SIZE_LEVEL, to_conditioning
+from .v12_vlm import V12VLM, Step1XVLM
 from .vlm_v12_hf import locate_v12_text_encoder
 
 FROM_PIPELINE = "from pipeline"
@@ -45,7 +46,7 @@ class Step1XV12Loader(io.ComfyNode):
                         "transformer/ (sharded safetensors, version detected from the keys) and a handle on the "
                         "release's own Qwen2.5-VL (text_encoder/ + processor/), loaded when first used.",
             inputs=[
-                io.Combo.Input("pipeline", options=list_model_folders(folder_paths.get_folder_paths(MODEL_FOLDER)),
+                io.Combo.Input("pipeline", options=list_dit_folders(folder_paths.get_folder_paths(MODEL_FOLDER)),
                                tooltip=f"A folder in models/{MODEL_FOLDER} holding transformer/ (e.g. "
                                        "Step1X-Edit-v1p2: 25 GB bf16 DiT + 16.6 GB Qwen2.5-VL), or a transformer/ "
                                        "folder with its shard index."),

@@ -3,7 +3,7 @@
 
 Two encoder routes, same result: ComfyUI's own Qwen2.5-VL-7B (a CLIP from 'Load CLIP', type
 qwen_image; nodes/vlm_comfy.py) or a Hugging Face folder in models/text_encoders run through
-transformers (nodes/vlm_hf.py). Both are ComfyUI-managed models, offloaded by model_management
+transformers (nodes/vlm_hf.py, nodes/managed_hf_model.py). Both are ComfyUI-managed models, offloaded by model_management
 when the DiT needs the memory.
 """
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import comfy.model_management as mm
-import comfy.model_patcher
 import comfy.utils
 import torch
 from comfy_api.latest import io
@@ -21,23 +20,12 @@ from ..model.vlm_image import image_tensor_to_pil, llm_grid_hw, resize_for_vlm
 from ..model.vlm_prompt import FLASH_PADDING_BY_RELEASE, MAX_LENGTH, Qwen25VLRunner, encode_prompt
 from .common import (CATEGORY, CONDITIONING_MARKER, DEFAULT_RELEASE, DEFAULT_RESIZE_FILTER, DEFAULT_SIZE_LEVEL,
                      MAX_SIZE_LEVEL, MIN_SIZE_LEVEL, SIZE_LEVEL_STEP)
+from .managed_hf_model import managed_hf_runner
 from .model_folders import HF_CONFIG_FILE, HF_FOLDER_ROOT, find_model_folder, list_hf_folders
 from .vlm_hf import HFQwen25VL, check_hf_folder
 
 NO_HF_FOLDER = "none"
-
-_hf_models: dict[tuple[str, torch.dtype], comfy.model_patcher.ModelPatcher] = {}
-
-
-class _HFModelHolder(torch.nn.Module):
-    """What ModelPatcher manages for the HF route: it sets ``.device`` on its model, which a
-    transformers model (read-only ``device`` property) does not allow."""
-
-    def __init__(self, runner: HFQwen25VL) -> None:
-        super().__init__()
-        self.qwen25_vl = runner.model
-        self.runner = runner
-        self.device = None
+HF_ENCODER_SLOT = "VLM Encode HF folder"  # managed_hf_runner slot: one HF encoder in memory at a time
 
 
 def _missing_hf_folder(name: str) -> str:
@@ -56,17 +44,8 @@ def _hf_runner(name: str) -> HFQwen25VL:
     """The HF model of folder ``name`` as a ComfyUI-managed model (cached between runs), loaded."""
     path = _hf_folder_path(name)
     check_hf_folder(path)
-    load_device, offload_device = mm.text_encoder_device(), mm.text_encoder_offload_device()
-    dtype = torch.bfloat16 if mm.should_use_bf16(load_device) else torch.float32
-    key = (str(path), dtype)
-    if key not in _hf_models:
-        runner = HFQwen25VL.from_folder(path, dtype=dtype, device=offload_device)
-        _hf_models.clear()  # one HF encoder in memory at a time
-        _hf_models[key] = comfy.model_patcher.ModelPatcher(_HFModelHolder(runner), load_device=load_device,
-                                                           offload_device=offload_device)
-    patcher = _hf_models[key]
-    mm.load_models_gpu([patcher], force_full_load=True)
-    return patcher.model.runner
+    return managed_hf_runner(HF_ENCODER_SLOT, str(path),
+                             lambda dtype, device: HFQwen25VL.from_folder(path, dtype=dtype, device=device))
 
 
 def pick_runner(clip, hf_folder: str) -> Qwen25VLRunner:

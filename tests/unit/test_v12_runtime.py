@@ -1,6 +1,7 @@
-"""nodes/v12_runtime.py inside ComfyUI (no server): conditioning round trip, the v1.2 pixel paths,
-folder listing, the seeded VLM adapter, and a two-try reasoning edit through the real v1.2 editor
-(tiny DiT and VLM from tests/tiny_models/make_tiny_v12.py, a stand-in VAE, scripted judge answers)."""
+"""The v1.2 runtime inside ComfyUI (no server; nodes/v12_edit.py, nodes/v12_vlm.py, nodes/model_folders.py):
+conditioning round trip, the v1.2 pixel paths, DiT folder listing, the seeded VLM adapter, and a two-try
+reasoning edit through the real v1.2 editor (tiny DiT and VLM from tests/tiny_models/make_tiny_v12.py, a
+stand-in VAE, scripted judge answers)."""
 from __future__ import annotations
 
 import subprocess
@@ -20,8 +21,13 @@ PHOTO = REPO_ROOT / "workflows" / "input" / "chelsea_the_cat.png"
 
 
 @pytest.fixture(scope="module")
-def runtime():
-    return import_node_module("nodes.v12_runtime")
+def v12_edit():
+    return import_node_module("nodes.v12_edit")
+
+
+@pytest.fixture(scope="module")
+def v12_vlm():
+    return import_node_module("nodes.v12_vlm")
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +37,9 @@ def pipeline(tmp_path_factory):
     return out / "Step1X-Edit-v1p2"
 
 
-def test_vae_pixels_are_the_bilinear_antialiased_float_image(runtime):
+def test_vae_pixels_are_the_bilinear_antialiased_float_image(v12_edit):
     image = Image.open(PHOTO).convert("RGB")
-    pixels = runtime.vae_pixels(image, 256)
+    pixels = v12_edit.vae_pixels(image, 256)
     sampling = import_pack_module("model.sampling")
     width, height = sampling.size_for_level(*image.size, 256)
     assert pixels.shape == (1, height, width, 3) and pixels.dtype == torch.float32
@@ -44,35 +50,36 @@ def test_vae_pixels_are_the_bilinear_antialiased_float_image(runtime):
     assert not np.allclose(pixels[0].numpy(), lanczos, atol=1 / 255), "VAE and VLM copies must differ"
 
 
-def test_decoded_image_is_rounded_and_resized_back(runtime):
+def test_decoded_image_is_rounded_and_resized_back(v12_edit):
     decoded = torch.full((1, 32, 48, 3), 100.6 / 255)
-    image = runtime.decoded_to_pil(decoded, (48, 32))
+    image = v12_edit.decoded_to_pil(decoded, (48, 32))
     assert image.size == (48, 32) and np.asarray(image).max() == 101   # rounded, not truncated to 100
-    assert runtime.decoded_to_pil(decoded, (30, 20)).size == (30, 20)
+    assert v12_edit.decoded_to_pil(decoded, (30, 20)).size == (30, 20)
 
 
-def test_conditioning_carries_the_v12_extras_and_other_models_are_refused(runtime):
+def test_conditioning_carries_the_v12_extras_and_other_models_are_refused(v12_edit):
     length, width = 7, 16
     encoding = type("Enc", (), {})()
     encoding.embedding, encoding.text_embeds = torch.randn(1, length, width), torch.randn(1, length, width)
     encoding.mask = torch.ones(1, length, dtype=torch.long)
     encoding.text_mask = torch.zeros(1, length, dtype=torch.long)
     encoding.txt_ids = torch.randn(length, 3)
-    [(embedding, options)] = runtime.to_conditioning(encoding)
+    [(embedding, options)] = v12_edit.to_conditioning(encoding)
     assert torch.equal(embedding, encoding.embedding) and options["step1x_edit"] == "v1.2"
     for key in ("txt_ids", "text_embeds", "text_mask"):
         assert torch.equal(options[key], getattr(encoding, key)), key
     assert torch.equal(options["attention_mask"], encoding.mask)
     with pytest.raises(ValueError, match="this MODEL is not Step1X-Edit; v1.2 conditioning needs"):
-        runtime.check_v12_model(object())
+        v12_edit.check_v12_model(object())
 
 
-def test_pipeline_folders_are_listed(runtime, pipeline, tmp_path):
+def test_pipeline_folders_are_listed(pipeline, tmp_path):
+    folders = import_node_module("nodes.model_folders")
     (tmp_path / "group").mkdir()
     (tmp_path / "group" / "Step1X-Edit-v1p2").symlink_to(pipeline, target_is_directory=True)
     (tmp_path / "not-a-model").mkdir()
-    assert runtime.list_model_folders([str(tmp_path), str(tmp_path / "missing")]) == ["group/Step1X-Edit-v1p2"]
-    assert runtime.list_model_folders([str(pipeline.parent)]) == ["Step1X-Edit-v1p2"]
+    assert folders.list_dit_folders([str(tmp_path), str(tmp_path / "missing")]) == ["group/Step1X-Edit-v1p2"]
+    assert folders.list_dit_folders([str(pipeline.parent)]) == ["Step1X-Edit-v1p2"]
 
 
 def test_v12_loader_names_a_missing_folder_and_the_fix(pipeline, monkeypatch):
@@ -109,7 +116,7 @@ SCRIPT = {"description": "A red cat.", "consistency": '{"meets_instruction": "pa
           "score2": '{"score": [7, 8], "reasoning": "b"}'}
 
 
-def test_reasoning_edit_on_the_tiny_models(runtime, pipeline):
+def test_reasoning_edit_on_the_tiny_models(v12_edit, v12_vlm, pipeline):
     """The node's pieces end to end: the loop drives the real v1.2 editor (tiny DiT and VLM, stand-in VAE);
     judging answers are scripted. Two tries: the reflection instruction edits the first output."""
     loader = import_pack_module("nodes.node_loader")
@@ -118,11 +125,11 @@ def test_reasoning_edit_on_the_tiny_models(runtime, pipeline):
 
     model = loader.load_step1x_model(str(pipeline), "default", "auto")
     net = model.model.diffusion_model
-    vlm = runtime.V12VLM(hf.locate_v12_text_encoder(pipeline))
+    vlm = v12_vlm.V12VLM(hf.locate_v12_text_encoder(pipeline))
     image = Image.open(PHOTO).convert("RGB")
 
     def editor():
-        return runtime.V12Editor(model, vlm, IdentityVAE(), size_level=256, seed=3, steps=2, cfg=6.0,
+        return v12_edit.V12Editor(model, vlm, IdentityVAE(), size_level=256, seed=3, steps=2, cfg=6.0,
                                  threshold=net.params.switches.renorm_threshold)
 
     result = thinker.reasoning_edit(editor(), thinker.Thinker(lambda request: SCRIPT[request.kind]), image,
@@ -140,11 +147,36 @@ def test_reasoning_edit_on_the_tiny_models(runtime, pipeline):
         "the editor's second draw must use new noise"
 
 
-def test_seeded_vlm_gives_each_call_its_own_seed(runtime):
+def test_seeded_vlm_gives_each_call_its_own_seed(v12_vlm):
     seen = []
     runner = type("Runner", (), {"generate": lambda self, request, seed: seen.append(seed) or f"answer {seed}"})()
     vlm = type("VLM", (), {"runner": lambda self: runner})()
-    generate = runtime.SeededVLM(vlm, seed=2**64 - 2)
+    generate = v12_vlm.SeededVLM(vlm, seed=2**64 - 2)
     assert [generate("request") for _ in range(3)] == ["answer 18446744073709551614", "answer 18446744073709551615",
                                                        "answer 0"]
     assert seen == [2**64 - 2, 2**64 - 1, 0] and generate.calls == 3
+
+
+def test_managed_hf_runner_keeps_one_model_per_slot(monkeypatch):
+    """The cache both transformers routes share: built once per (folder, dtype), rebuilt for another folder in
+    the same slot (the old one dropped), and slots (VLM Encode's HF folder, the v1.2 VLM) kept apart."""
+    managed = import_node_module("nodes.managed_hf_model")
+    monkeypatch.setattr(managed, "_patchers", {})
+    built = []
+
+    def build(folder):
+        def make(dtype, device):
+            runner = type("Runner", (), {"model": torch.nn.Linear(2, 2), "folder": folder})()
+            built.append((folder, dtype, device))
+            return runner
+        return make
+
+    first = managed.managed_hf_runner("a", "one", build("one"))
+    assert managed.managed_hf_runner("a", "one", build("one")) is first and len(built) == 1
+    other_slot = managed.managed_hf_runner("b", "one", build("one"))
+    assert other_slot is not first and len(built) == 2
+    replaced = managed.managed_hf_runner("a", "two", build("two"))
+    assert replaced.folder == "two" and len(built) == 3
+    assert managed.managed_hf_runner("b", "one", build("one")) is other_slot and len(built) == 3
+    assert set(managed._patchers) == {"a", "b"}
+    assert built[0][2] == managed.mm.text_encoder_offload_device()
