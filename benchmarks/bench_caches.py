@@ -2,7 +2,7 @@
 core LazyCache and the pack's TeaCache at several thresholds each (each method's default included), against
 the uncached edit on the same seed and weights.
 
-Every edit is Step1X Sampler's path (nodes/cfg_guider.py ``sample_step1x``: the native model under core's
+Every edit is Step1X Sampler's path (nodes/runtime/cfg_guider.py ``sample_step1x``: the native model under core's
 CFGGuider and Euler KSAMPLER) on random full-size bf16 weights, 1024², 28 steps, CFG 6 with the v1.1
 renormalisation. Random weights move unlike trained ones (their step-to-step changes, hence what a cache
 skips and what skipping costs, differ): read the skip counts and errors as a check that each cache works
@@ -29,16 +29,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.bench_dit import TEXT_TOKENS, WEIGHT_STD, make_out_dir, relative_error  # noqa: E402
-from model.params import FULL_SIZE, ConnectorParams, DiTParams, Step1XParams  # noqa: E402
-from model.sampling import make_noise  # noqa: E402
+from model.dit.params import FULL_SIZE, ConnectorParams, DiTParams, Step1XParams  # noqa: E402
+from model.dit.sampling import make_noise  # noqa: E402
 
 CFG = 6.0
-RENORM_THRESHOLD = 0.93   # the official v1.1 rule (model/params.py RENORM_OFFICIAL)
+RENORM_THRESHOLD = 0.93   # the official v1.1 rule (model/dit/params.py RENORM_OFFICIAL)
 CFG_BRANCHES = 2
 NOISE_SEED, REFERENCE_SEED, TEXT_SEED = 42, 7, 3
 PROMPT_TOKENS = 400       # unmasked text tokens of the random instruction (as bench_dit.py's inputs)
 # Thresholds per method, each method's default first: core EasyCache / LazyCache reuse_threshold 0.2 with
-# start 0.15, end 0.95 (comfy_extras/nodes_easycache.py); TeaCache 0.25 (nodes/teacache.py), then the FLUX
+# start 0.15, end 0.95 (comfy_extras/nodes_easycache.py); TeaCache 0.25 (nodes/node_teacache.py), then the FLUX
 # table's 0.4 and 0.6.
 THRESHOLDS = {"easycache": (0.2, 0.1, 0.4), "lazycache": (0.2, 0.1, 0.4), "teacache": (0.25, 0.4, 0.6)}
 CORE_CACHE_WINDOW = {"start_percent": 0.15, "end_percent": 0.95}
@@ -60,13 +60,13 @@ def import_comfyui(path: Path, cpu: bool) -> None:
 
 
 def native_model(params, dtype: torch.dtype, device: torch.device):
-    """The native model (nodes/native_model.py) over random weights, in a ModelPatcher on ``device``."""
+    """The native model (nodes/runtime/native_model.py) over random weights, in a ModelPatcher on ``device``."""
     import comfy.model_patcher
     import comfy.ops
 
     from tests.unit.vlm_support import import_pack_module
 
-    native = import_pack_module("nodes.native_model")
+    native = import_pack_module("nodes.runtime.native_model")
     with torch.device("meta"):
         net = native.Step1XDiffusion(params, dtype=dtype, operations=comfy.ops.pick_operations(dtype, dtype, load_device=device))
     net.allow_fused_linears(comfy.ops.disable_weight_init.Linear)   # as nodes/node_loader.py does
@@ -113,7 +113,7 @@ def cached_models(patcher) -> list[tuple[str, float, object]]:
 
     from tests.unit.vlm_support import import_pack_module
 
-    teacache = import_pack_module("nodes.teacache")
+    teacache = import_pack_module("nodes.node_teacache")
     nodes = {"easycache": nodes_easycache.EasyCacheNode, "lazycache": nodes_easycache.LazyCacheNode}
     models = []
     for method, thresholds in THRESHOLDS.items():
@@ -139,7 +139,7 @@ def main() -> None:
     import_comfyui(args.comfyui, cpu=args.tiny)
     from tests.unit.vlm_support import import_pack_module
 
-    sample_step1x = import_pack_module("nodes.cfg_guider").sample_step1x
+    sample_step1x = import_pack_module("nodes.runtime.cfg_guider").sample_step1x
     device = torch.device("cpu" if args.tiny else "cuda")
     params, dtype = (TINY_PARAMS, torch.float32) if args.tiny else (FULL_SIZE["v1.1"], torch.bfloat16)
     size, steps = (TINY_SIZE, TINY_STEPS) if args.tiny else (args.size, args.steps)

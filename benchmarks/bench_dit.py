@@ -22,10 +22,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import fp8_rowwise as fp8  # noqa: E402
-from model import attention, layers  # noqa: E402
-from model.dit import Step1XEdit  # noqa: E402
-from model.params import FULL_SIZE  # noqa: E402
-from model.sampling import SamplingInputs, get_schedule, make_noise, sample  # noqa: E402
+from model.dit import attention, layers  # noqa: E402
+from model.dit.transformer import Step1XEdit  # noqa: E402
+from model.dit.params import FULL_SIZE  # noqa: E402
+from model.dit.sampling import SamplingInputs, get_schedule, make_noise, sample  # noqa: E402
 
 GIB = 1024**3
 TEXT_TOKENS = 640  # the official text window (``ImageGenerator`` ``max_length``)

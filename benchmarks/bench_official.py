@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_dit import (CFG_BATCH, GIB, TEXT_TOKENS, WEIGHT_STD, edit_inputs, flops_per_step,  # noqa: E402
                                   random_model, time_steps)
-from model import attention, layers  # noqa: E402
-from model.params import FULL_SIZE  # noqa: E402
+from model.dit import attention, layers  # noqa: E402
+from model.dit.params import FULL_SIZE  # noqa: E402
 
 WARMUP, REPEAT = 2, 5
 

@@ -22,7 +22,7 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_dit import GIB, edit_inputs, random_model  # noqa: E402
-from model.parallel import make_plan, sample_parallel  # noqa: E402
+from model.dit.parallel import make_plan, sample_parallel  # noqa: E402
 
 
 def main() -> None:

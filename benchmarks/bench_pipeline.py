@@ -21,11 +21,11 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.bench_dit import (  # noqa: E402
     GIB, edit_inputs, flops_per_step, full_edit, make_out_dir, random_model, relative_error)
-from model.checkpoint import quantize_fp8  # noqa: E402
-from model.dit import Step1XEdit  # noqa: E402
-from model.loader import FP8_BLOCK_PREFIXES  # noqa: E402
-from model.params import FULL_SIZE  # noqa: E402
-from model.sampling import sample  # noqa: E402
+from model.weights.checkpoint import quantize_fp8  # noqa: E402
+from model.dit.transformer import Step1XEdit  # noqa: E402
+from model.weights.loader import FP8_BLOCK_PREFIXES  # noqa: E402
+from model.dit.params import FULL_SIZE  # noqa: E402
+from model.dit.sampling import sample  # noqa: E402
 from dataclasses import replace  # noqa: E402
 
 FLUX_VAE_CONFIG = {"double_z": True, "z_channels": 16, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
@@ -83,7 +83,7 @@ def dit_lowvram(budgets_gib: list[float], size: int, device, compiled: bool, wei
     model.to_empty(device="cpu")
     fill_random_from_gpu(model, device)
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=torch.device("cpu"))
-    if compiled:  # what Load Step1X Model's torch_compile does (nodes/dit_runtime.py run_compiled_or_eager)
+    if compiled:  # what Load Step1X Model's torch_compile does (nodes/runtime/dit_runtime.py run_compiled_or_eager)
         for block in [*model.double_blocks, *model.single_blocks]:
             block.compile()
     inputs = edit_inputs(size, 28, device, model.params)

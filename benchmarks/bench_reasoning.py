@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_dit import GIB, edit_inputs, quantize_blocks, random_model  # noqa: E402
 from benchmarks.bench_pipeline import QWEN_TEXT, QWEN_VISION  # noqa: E402
-from model.sampling import sample  # noqa: E402
+from model.dit.sampling import sample  # noqa: E402
 
 THINK_IMAGE_TOKENS = 1024   # a 1024×768 thumbnail at the thinker's 512²…802816 px bounds ≈ 1000 tokens
 JUDGE_IMAGE_TOKENS = 2048   # source + edited image

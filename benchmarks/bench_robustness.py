@@ -11,11 +11,11 @@ Parts:
   with the blocks in fp8 e4m3fn storage, on the GPU (one host sync per tensor, or one for all) and on the
   CPU, where a check while loading would run (the loader streams tensors from the file on the CPU).
   A ``sum`` row times the alternative of one float32 sum per tensor (finite iff every value is).
-* step flag: the sampler's per-step ``finite[step] = torch.isfinite(x).all()`` (model/sampling.py
+* step flag: the sampler's per-step ``finite[step] = torch.isfinite(x).all()`` (model/dit/sampling.py
   ``denoise``) on the 1024² latent, against the step time.
 * interrupt: the pack's sampler (``model.sampling.sample``, CFG batch of 2) on a 1024² edit, stopped from
   another thread at a random time within a step through the node's mechanism: the step callback calls
-  ``comfy.model_management.throw_exception_if_processing_interrupted`` (nodes/cfg_guider.py
+  ``comfy.model_management.throw_exception_if_processing_interrupted`` (nodes/runtime/cfg_guider.py
   ``step_callback``, without its preview), and Cancel calls ``interrupt_current_processing``. With
   ``--comfyui`` ComfyUI's own functions are used; without, an equivalent flag under a lock. Latency is
   measured to the exception (what the loop sees) and to an idle GPU (the loop does not wait for the
@@ -38,8 +38,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_dit import GIB, edit_inputs, make_out_dir, quantize_blocks, random_model  # noqa: E402
-from model.params import FULL_SIZE, ConnectorParams, DiTParams, Step1XParams  # noqa: E402
-from model.sampling import sample  # noqa: E402
+from model.dit.params import FULL_SIZE, ConnectorParams, DiTParams, Step1XParams  # noqa: E402
+from model.dit.sampling import sample  # noqa: E402
 
 FP8 = torch.float8_e4m3fn
 # float8_e4m3fn has no infinities and one NaN pattern per sign, S.1111.111 (OCP 8-bit floating point

@@ -36,8 +36,8 @@ def time_v12_try(dit, runner, image: Image.Image, instruction: str, *, size_leve
     ``dit``: a loaded v1.2 ``Step1XEdit`` on its device (its dtype is the compute dtype);
     ``runner``: a loaded ``HFQwen25VLV12``.
     """
-    encode_mod, branch, sampling, thinker = (import_pack_module(m) for m in ("model.vlm_v12_encode", "model.branch_sampling",
-                                                                 "model.sampling", "model.thinker"))
+    encode_mod, branch, sampling, thinker = (import_pack_module(m) for m in ("model.vlm.v12_encode", "model.dit.branch_sampling",
+                                                                 "model.dit.sampling", "model.reasoning.thinker"))
     device = next(dit.parameters()).device
     vlm_image = encode_mod.vlm_source_image(image, size_level)
     (cond, uncond), t_encode = timed(lambda: (encode_mod.encode_v12(runner, instruction, vlm_image).branch_text(),
@@ -67,7 +67,7 @@ def main() -> None:
     parser.add_argument("--fp8", action="store_true", help="DiT blocks in float8 (benchmarks/fp8_rowwise.py operations)")
     args = parser.parse_args()
     device = torch.device("cuda")
-    loader, hf = import_pack_module("model.loader"), import_pack_module("nodes.vlm_v12_hf")
+    loader, hf = import_pack_module("model.weights.loader"), import_pack_module("nodes.encoders.vlm_v12_hf")
     kwargs = {}
     if args.fp8:
         kwargs = {"operations": fp8_rowwise.fp8_ops, "fp8_storage": True}

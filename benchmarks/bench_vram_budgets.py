@@ -91,8 +91,8 @@ def _random_state(shapes: dict, dtype: torch.dtype, device: torch.device, seed: 
 
 def dit_shapes(tiny: bool) -> dict:
     from make_tiny_weights import TINY_CONFIG
-    from model.dit import Step1XEdit
-    from model.params import FULL_SIZE, params_from_config
+    from model.dit.transformer import Step1XEdit
+    from model.dit.params import FULL_SIZE, params_from_config
 
     params = params_from_config(TINY_CONFIG, "v1.1") if tiny else FULL_SIZE["v1.1"]
     with torch.device("meta"):
@@ -234,7 +234,7 @@ def where_models_are() -> list[dict]:
 def sampler_timings(model, positive, negative, ref_latent: dict, steps: int, device) -> dict:
     """Step1X Sampler on 1 step (cold), 1 step (warm) and ``steps`` steps; see the module docstring."""
     sampler = import_pack_module("nodes.node_sampler").Step1XSampler
-    common = import_pack_module("nodes.common")
+    common = import_pack_module("nodes.runtime.common")
 
     def run(n: int):
         return sampler.execute(model, positive, negative, seed=42, steps=n, cfg=6.0,
@@ -260,7 +260,7 @@ def memory_fields(memory: DeviceMemory, device, ballast_bytes: int) -> dict:
 
 def fake_conditioning(net, batch: int, device) -> tuple[list, list]:
     """VLM Encode's output format (nodes/node_vlm_encode.py) with random states: the DiT-only rows."""
-    common = import_pack_module("nodes.common")
+    common = import_pack_module("nodes.runtime.common")
     generator = torch.Generator().manual_seed(3)
     mask = torch.zeros(batch, TEXT_TOKENS, dtype=torch.int64)
     mask[:, :VALID_TOKENS] = 1
@@ -366,7 +366,7 @@ def child(cfg: dict, comfyui: Path, files: dict) -> None:
 
     cfg["clip_shapes"] = qwen_shapes() if cfg["part"] == "budget" and not cfg["tiny"] else None
     dynamic = start_dynamic_vram(aimdo_loaded)
-    import_pack_module("nodes.comfy_compat")   # the pack's capability check, as at ComfyUI start
+    import_pack_module("nodes.runtime.comfy_compat")   # the pack's capability check, as at ComfyUI start
     device = mm.get_torch_device()
     with torch.inference_mode():
         if cfg["part"] == "dit":

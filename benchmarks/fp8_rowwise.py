@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from model.checkpoint import FP8_MAX
+from model.weights.checkpoint import FP8_MAX
 
 FP8 = torch.float8_e4m3fn
 MIN_FP8_COMPUTE_CAPABILITY = (8, 9)  # Ada / Hopper have fp8 tensor cores

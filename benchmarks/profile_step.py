@@ -10,7 +10,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_dit import edit_inputs, quantize_blocks, random_model, time_steps  # noqa: E402
-from model.sampling import sample  # noqa: E402
+from model.dit.sampling import sample  # noqa: E402
 from dataclasses import replace  # noqa: E402
 
 

@@ -12,7 +12,7 @@ from .node_sampler import Step1XSampler
 from .node_think import Step1XThink
 from .node_v12 import Step1XV12Encode, Step1XV12Loader
 from .node_vlm_encode import Step1XVLMEncode
-from .teacache import Step1XTeaCache
+from .node_teacache import Step1XTeaCache
 
 NODES: list[type[io.ComfyNode]] = [
     Step1XModelLoader, Step1XVLMEncode, Step1XPackRefLatent, Step1XSampler, Step1XUnpackDecode,

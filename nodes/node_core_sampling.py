@@ -2,7 +2,7 @@
 
 The MODEL gets the official schedule shift for the latent's size (core's flow sampling with the official μ,
 as core's ModelSamplingFlux node sets it from a width and height) and the Step1X guidance with the chosen
-cfg_renorm (nodes/cfg_guider.py); both conditionings get the reference latent, under the key core's
+cfg_renorm (nodes/runtime/cfg_guider.py); both conditionings get the reference latent, under the key core's
 ReferenceLatent uses. Core schedulers then sample the shifted flow schedule: ``simple`` picks evenly spaced
 entries of the model's 10000-entry table (comfy/samplers.py simple_scheduler), so each step's time before the
 shift is within 1e-4 of the official one; Step1X Sampler uses the official schedule itself.
@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from .cfg_guider import Step1XGuidance, with_reference
-from .common import (CATEGORY, RENORM_CHOICES, RENORM_MODEL_DEFAULT, RENORM_TOOLTIP, check_latent, renorm_threshold,
+from .runtime.cfg_guider import Step1XGuidance, with_reference
+from .runtime.common import (CATEGORY, RENORM_CHOICES, RENORM_MODEL_DEFAULT, RENORM_TOOLTIP, check_latent, renorm_threshold,
                      warn_on_resize_mismatch)
-from .native_model import check_conditioning, is_step1x_model, noise_tokens, step1x_model_sampling
+from .runtime.native_model import check_conditioning, is_step1x_model, noise_tokens, step1x_model_sampling
 
 
 class Step1XCoreSamplerSetup(io.ComfyNode):

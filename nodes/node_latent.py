@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..model.image_io import (
+from ..model.dit.image_io import (
     BILINEAR_ANTIALIAS,
     DEFAULT_ROUNDING,
     RESIZE_FILTERS,
@@ -16,7 +16,7 @@ from ..model.image_io import (
     resize_to_size_level,
     resize_unit_to_size_level,
 )
-from .common import (
+from .runtime.common import (
     CATEGORY,
     DEFAULT_RESIZE_FILTER,
     DEFAULT_SIZE_LEVEL,

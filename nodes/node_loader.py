@@ -1,13 +1,13 @@
-"""Load Step1X Model: the DiT file → ComfyUI MODEL (the loading itself: nodes/model_loading.py)."""
+"""Load Step1X Model: the DiT file → ComfyUI MODEL (the loading itself: nodes/runtime/model_loading.py)."""
 from __future__ import annotations
 
 import folder_paths
 from comfy_api.latest import io
 
-from ..model.attention import BACKENDS
-from ..model.checkpoint import CheckpointError
-from .common import CATEGORY
-from .model_loading import MODEL_FOLDER, WEIGHT_DTYPES, load_step1x_model, missing_file_message
+from ..model.dit.attention import BACKENDS
+from ..model.weights.checkpoint import CheckpointError
+from .runtime.common import CATEGORY
+from .runtime.model_loading import MODEL_FOLDER, WEIGHT_DTYPES, load_step1x_model, missing_file_message
 
 
 class Step1XModelLoader(io.ComfyNode):

@@ -15,7 +15,7 @@ order, so results can differ by float32 rounding only. Differences: ComfyUI read
 scale 0 where the official loader uses alpha = rank (we pass the effective alpha, so both agree);
 fp8 weights are dequantised, patched and requantised with stochastic rounding, with the layer's
 existing scale on ComfyUI's scaled-fp8 layers (values beyond that scale's range clamp) or a new absmax
-scale on its per-layer (``comfy_quant``) layers (nodes/comfy_compat.py); under --lowvram the patch is applied
+scale on its per-layer (``comfy_quant``) layers (nodes/runtime/comfy_compat.py); under --lowvram the patch is applied
 per forward in the compute dtype (bf16) instead of float32.
 """
 from __future__ import annotations
@@ -30,9 +30,9 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..model.lora import ALPHA, DOWN, UP, LoraError, ParsedLora, linear_weight_shapes, parse_kohya_lora
-from .common import CATEGORY
-from .native_model import is_step1x_model
+from ..model.weights.lora import ALPHA, DOWN, UP, LoraError, ParsedLora, linear_weight_shapes, parse_kohya_lora
+from .runtime.common import CATEGORY
+from .runtime.native_model import is_step1x_model
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ DIFFUSION_MODEL_PREFIX = "diffusion_model."
 
 
 def comfy_patches(parsed: ParsedLora) -> dict:
-    """Model weight key (``diffusion_model.`` + official key, nodes/native_model.py) → ComfyUI weight patch (a
+    """Model weight key (``diffusion_model.`` + official key, nodes/runtime/native_model.py) → ComfyUI weight patch (a
     ``LoRAAdapter``) for every module of the LoRA.
 
     The tensors are re-keyed by official module path with the effective alpha (official

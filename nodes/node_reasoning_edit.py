@@ -1,24 +1,24 @@
 """Step1X Reasoning Edit: v1.2's edit → judge → reflect loop as one node (diffusers fork
 ``Step1XEditPipelineV1P2.__call__`` with ``pipeline_step1x_edit_thinker.py``).
 
-Each try is a full v1.2 edit (nodes/v12_edit.py ``V12Editor``); the release's Qwen2.5-VL then
+Each try is a full v1.2 edit (nodes/runtime/v12_edit.py ``V12Editor``); the release's Qwen2.5-VL then
 describes the expected result, scores consistency, reflects (``<#Success>`` stops, ``<#Reflection>``
 edits the last output again with a new instruction, anything else restarts from the input) and
 scores every try; the best try by the release's rule is the result. The loop itself is
-model/thinker.py, with this node's editor and seeded VLM plugged in.
+model/reasoning/thinker.py, with this node's editor and seeded VLM plugged in.
 """
 from __future__ import annotations
 
 import numpy as np
 from comfy_api.latest import io
 
-from ..model.thinker import MAX_ATTEMPTS, MalformedAnswer, Thinker, describe, reasoning_edit
-from ..model.vlm_image import image_tensor_to_pil
-from .common import (CATEGORY, DEFAULT_CFG, DEFAULT_SEED, DEFAULT_STEPS, MAX_SEED, MAX_SIZE_LEVEL, MAX_STEPS,
+from ..model.reasoning.thinker import MAX_ATTEMPTS, MalformedAnswer, Thinker, describe, reasoning_edit
+from ..model.vlm.image import image_tensor_to_pil
+from .runtime.common import (CATEGORY, DEFAULT_CFG, DEFAULT_SEED, DEFAULT_STEPS, MAX_SEED, MAX_SIZE_LEVEL, MAX_STEPS,
                      MIN_SIZE_LEVEL, RENORM_CHOICES, RENORM_TOOLTIP, RENORM_V12_RELEASE, SIZE_LEVEL_STEP, check_flux_vae,
                      renorm_threshold, uint8_to_image)
-from .v12_edit import V12_SIZE_LEVEL, V12Editor, check_v12_model
-from .v12_vlm import V12VLM, SeededVLM, Step1XVLM
+from .runtime.v12_edit import V12_SIZE_LEVEL, V12Editor, check_v12_model
+from .encoders.v12_vlm import V12VLM, SeededVLM, Step1XVLM
 
 DEFAULT_TRIES = 3  # release max_try_cnt
 MAX_TRIES = 10

@@ -1,8 +1,8 @@
 """Step1X Sampler: the official edit in one node, for every release.
 
-Official noise (CPU-seeded, model/sampling.py make_noise), the official schedule, Euler, CFG and its
-renormalisation, computed through core's sampling machinery (nodes/cfg_guider.py sample_step1x: a CFGGuider
-over the native model of nodes/native_model.py), so model patches and wrappers apply. v1.0 / v1.1
+Official noise (CPU-seeded, model/dit/sampling.py make_noise), the official schedule, Euler, CFG and its
+renormalisation, computed through core's sampling machinery (nodes/runtime/cfg_guider.py sample_step1x: a CFGGuider
+over the native model of nodes/runtime/native_model.py), so model patches and wrappers apply. v1.0 / v1.1
 instruction and negative run as one CFG batch; v1.2's, of different lengths, as one DiT call each.
 """
 from __future__ import annotations
@@ -13,12 +13,12 @@ import math
 import torch
 from comfy_api.latest import io
 
-from ..model.sampling import make_noise
-from .cfg_guider import sample_step1x
-from .common import (CATEGORY, CONDITIONING_MARKER, DEFAULT_CFG, DEFAULT_SEED, DEFAULT_STEPS, MAX_SEED, MAX_STEPS,
+from ..model.dit.sampling import make_noise
+from .runtime.cfg_guider import sample_step1x
+from .runtime.common import (CATEGORY, CONDITIONING_MARKER, DEFAULT_CFG, DEFAULT_SEED, DEFAULT_STEPS, MAX_SEED, MAX_STEPS,
                      ORIGINAL_SIZE_KEY, OUTPUT_ROUNDING_KEY, RENORM_CHOICES, RENORM_MODEL_DEFAULT, RENORM_TOOLTIP,
                      check_latent, renorm_threshold, warn_on_resize_mismatch)
-from .native_model import check_conditioning, is_step1x_model, not_step1x_message
+from .runtime.native_model import check_conditioning, is_step1x_model, not_step1x_message
 
 logger = logging.getLogger(__name__)
 

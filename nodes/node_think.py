@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..model.thinker import MalformedAnswer, Thinker
-from ..model.vlm_image import image_tensor_to_pil
-from .common import CATEGORY, DEFAULT_SEED, MAX_SEED
-from .v12_vlm import V12VLM, SeededVLM, Step1XVLM
+from ..model.reasoning.thinker import MalformedAnswer, Thinker
+from ..model.vlm.image import image_tensor_to_pil
+from .runtime.common import CATEGORY, DEFAULT_SEED, MAX_SEED
+from .encoders.v12_vlm import V12VLM, SeededVLM, Step1XVLM
 
 
 class Step1XThink(io.ComfyNode):

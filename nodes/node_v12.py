@@ -2,7 +2,7 @@
 
 Plain v1.2 edit: Load Step1X-Edit v1.2 → Step1X v1.2 VLM Encode + Pack Ref Latent → Step1X Sampler →
 Unpack/Decode. The sampler recognises v1.2 conditioning (no padding, own text ids and quoted-text
-embeddings: the fork's ``encode_prompt``) and runs cond and uncond as separate DiT calls (model/branch_sampling.py).
+embeddings: the fork's ``encode_prompt``) and runs cond and uncond as separate DiT calls (model/dit/branch_sampling.py).
 """
 from __future__ import annotations
 
@@ -12,16 +12,16 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..model.attention import BACKENDS
-from ..model.checkpoint import CheckpointError
-from ..model.vlm_image import image_tensor_to_pil
-from ..model.vlm_v12_encode import encode_v12, vlm_source_image
-from .common import CATEGORY, MAX_SIZE_LEVEL, MIN_SIZE_LEVEL, SIZE_LEVEL_STEP
-from .model_folders import HF_FOLDER_ROOT, find_model_folder, list_dit_folders, list_hf_folders
-from .model_loading import MODEL_FOLDER, WEIGHT_DTYPES, load_step1x_model
-from .v12_edit import V12_SIZE_LEVEL, to_conditioning
-from .v12_vlm import V12VLM, Step1XVLM
-from .vlm_v12_hf import locate_v12_text_encoder
+from ..model.dit.attention import BACKENDS
+from ..model.weights.checkpoint import CheckpointError
+from ..model.vlm.image import image_tensor_to_pil
+from ..model.vlm.v12_encode import encode_v12, vlm_source_image
+from .runtime.common import CATEGORY, MAX_SIZE_LEVEL, MIN_SIZE_LEVEL, SIZE_LEVEL_STEP
+from .runtime.model_folders import HF_FOLDER_ROOT, find_model_folder, list_dit_folders, list_hf_folders
+from .runtime.model_loading import MODEL_FOLDER, WEIGHT_DTYPES, load_step1x_model
+from .runtime.v12_edit import V12_SIZE_LEVEL, to_conditioning
+from .encoders.v12_vlm import V12VLM, Step1XVLM
+from .encoders.vlm_v12_hf import locate_v12_text_encoder
 
 FROM_PIPELINE = "from pipeline"
 

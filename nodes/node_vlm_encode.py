@@ -2,8 +2,8 @@
 (official ``modules/conditioner.py`` ``Qwen25VL_7b_Embedder``).
 
 Two encoder routes, same result: ComfyUI's own Qwen2.5-VL-7B (a CLIP from 'Load CLIP', type
-qwen_image; nodes/vlm_comfy.py) or a Hugging Face folder in models/text_encoders run through
-transformers (nodes/vlm_hf.py, nodes/managed_hf_model.py). Both are ComfyUI-managed models, offloaded by model_management
+qwen_image; nodes/encoders/vlm_comfy.py) or a Hugging Face folder in models/text_encoders run through
+transformers (nodes/encoders/vlm_hf.py, nodes/encoders/managed_hf_model.py). Both are ComfyUI-managed models, offloaded by model_management
 when the DiT needs the memory.
 """
 from __future__ import annotations
@@ -15,14 +15,14 @@ import comfy.utils
 import torch
 from comfy_api.latest import io
 
-from ..model.image_io import INPUT_RESAMPLE
-from ..model.vlm_image import image_tensor_to_pil, llm_grid_hw, resize_for_vlm
-from ..model.vlm_prompt import FLASH_PADDING_BY_RELEASE, MAX_LENGTH, Qwen25VLRunner, encode_prompt
-from .common import (CATEGORY, CONDITIONING_MARKER, DEFAULT_RELEASE, DEFAULT_RESIZE_FILTER, DEFAULT_SIZE_LEVEL,
+from ..model.dit.image_io import INPUT_RESAMPLE
+from ..model.vlm.image import image_tensor_to_pil, llm_grid_hw, resize_for_vlm
+from ..model.vlm.prompt import FLASH_PADDING_BY_RELEASE, MAX_LENGTH, Qwen25VLRunner, encode_prompt
+from .runtime.common import (CATEGORY, CONDITIONING_MARKER, DEFAULT_RELEASE, DEFAULT_RESIZE_FILTER, DEFAULT_SIZE_LEVEL,
                      MAX_SIZE_LEVEL, MIN_SIZE_LEVEL, SIZE_LEVEL_STEP)
-from .managed_hf_model import managed_hf_runner
-from .model_folders import HF_CONFIG_FILE, HF_FOLDER_ROOT, find_model_folder, list_hf_folders
-from .vlm_hf import HFQwen25VL, check_hf_folder
+from .encoders.managed_hf_model import managed_hf_runner
+from .runtime.model_folders import HF_CONFIG_FILE, HF_FOLDER_ROOT, find_model_folder, list_hf_folders
+from .encoders.vlm_hf import HFQwen25VL, check_hf_folder
 
 NO_HF_FOLDER = "none"
 HF_ENCODER_SLOT = "VLM Encode HF folder"  # managed_hf_runner slot: one HF encoder in memory at a time
@@ -59,7 +59,7 @@ def pick_runner(clip, hf_folder: str) -> Qwen25VLRunner:
                          f"the clip input, or pick a Hugging Face folder of models/{HF_FOLDER_ROOT} in hf_folder")
     if use_hf:
         return _hf_runner(hf_folder)
-    from .vlm_comfy import ComfyQwen25VL
+    from .encoders.vlm_comfy import ComfyQwen25VL
 
     runner = ComfyQwen25VL(clip)
     runner.load()

@@ -4,8 +4,8 @@
     python scripts/convert_to_comfy_fp8.py IN.safetensors OUT.safetensors
 
 The Linear weights of the 19 + 38 blocks become float8_e4m3fn with one absmax scale per tensor, the
-quantisation Load Step1X Model applies at load time with weight_dtype fp8_e4m3fn (model/loader.py
-FP8_BLOCK_PREFIXES, model/checkpoint.py quantize_fp8). They are stored the way ComfyUI writes a
+quantisation Load Step1X Model applies at load time with weight_dtype fp8_e4m3fn (model/weights/loader.py
+FP8_BLOCK_PREFIXES, model/weights/checkpoint.py quantize_fp8). They are stored the way ComfyUI writes a
 per-layer quantized layer (comfy/ops.py _quantized_weight_state_dict): "<layer>.weight" in
 float8_e4m3fn, "<layer>.weight_scale" a float32 scalar, and "<layer>.comfy_quant" the JSON
 {"format": "float8_e4m3fn"} as a uint8 tensor. Embedders, connector and final layer keep the input's
@@ -31,10 +31,10 @@ def convert(path: str) -> dict:
     """The converted state dict of the DiT at ``path``; raises ``model.checkpoint.CheckpointError``."""
     import torch
 
-    from model.checkpoint import COMFY_FP8_FORMAT, COMFY_QUANT_SCALE_SUFFIX, QUANT_FORMAT_SUFFIX, comfy_quant_entry
-    from model.dit import Step1XEdit
-    from model.layers import is_linear
-    from model.loader import FP8_SCALE_KEY, inspect_checkpoint, read_state_dict
+    from model.weights.checkpoint import COMFY_FP8_FORMAT, COMFY_QUANT_SCALE_SUFFIX, QUANT_FORMAT_SUFFIX, comfy_quant_entry
+    from model.dit.transformer import Step1XEdit
+    from model.dit.layers import is_linear
+    from model.weights.loader import FP8_SCALE_KEY, inspect_checkpoint, read_state_dict
 
     info = inspect_checkpoint(path)
     dtype = getattr(torch, KEPT_DTYPES.get(info.stored_dtype, "bfloat16"))
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(REPO_ROOT))
     from safetensors.torch import save_file
 
-    from model.checkpoint import CheckpointError
+    from model.weights.checkpoint import CheckpointError
 
     try:
         state = convert(str(args.source))

@@ -29,7 +29,7 @@ LORA_FILE = "step1x-edit-lora.safetensors"
 # Node ids of the step-cache and core-sampler variants (the edit's own nodes are 1-10).
 CACHE_NODE, SETUP_NODE, NOISE_NODE, GUIDER_NODE, SAMPLER_SELECT_NODE, SCHEDULER_NODE = "11", "12", "13", "14", "15", "16"
 # Core EasyCache / LazyCache defaults (comfy_extras/nodes_easycache.py) and the pack's TeaCache default
-# (nodes/teacache.py DEFAULT_THRESHOLD).
+# (nodes/node_teacache.py DEFAULT_THRESHOLD).
 CORE_CACHE_DEFAULTS = {"reuse_threshold": 0.2, "start_percent": 0.15, "end_percent": 0.95, "verbose": False}
 TEACACHE_THRESHOLD = 0.25
 # Official v1.1 text-to-image negative prompt (inference.py main), stray space included.

@@ -18,7 +18,7 @@ PIPELINE = "Step1X-Edit-v1p2"   # the release's folder, in models/diffusion_mode
 INSTRUCTION = 'Put a small wooden sign saying "HELLO" next to the cat'
 SIZE_LEVEL = 1024               # the v1.2 pipeline's default
 RENORM = "every step (v1.2 release)"
-V12_RESIZE_FILTER = "bilinear-antialias"  # the v1.2 release's VAE-input resize (model/params.py VERSIONS)
+V12_RESIZE_FILTER = "bilinear-antialias"  # the v1.2 release's VAE-input resize (model/dit/params.py VERSIONS)
 
 
 def loader() -> dict:

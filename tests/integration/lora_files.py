@@ -13,9 +13,9 @@ import torch
 from safetensors.torch import save_file
 from workflow_files import load_api
 
-from model.dit import Step1XEdit
-from model.loader import inspect_checkpoint
-from model.lora import DIT_PREFIX, kohya_targets, linear_weight_shapes
+from model.dit.transformer import Step1XEdit
+from model.weights.loader import inspect_checkpoint
+from model.weights.lora import DIT_PREFIX, kohya_targets, linear_weight_shapes
 
 LORA_WORKFLOW = "step1x_edit_lora"
 LORA_NODE = "Step1XLoraLoader"

@@ -8,7 +8,7 @@ from PIL import Image
 from queue_edit import output_images
 from workflow_files import PHOTO_SIZE, TEST_SIZE_LEVEL, api_workflow_names, load_api, quick
 
-from model.sampling import size_for_level
+from model.dit.sampling import size_for_level
 
 RUN_TIMEOUT_S = 600
 

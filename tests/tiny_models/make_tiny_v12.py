@@ -37,8 +37,8 @@ def tiny_v12_state(vlm_hidden: int) -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from make_tiny_weights import TINY_CONFIG, _randomize
 
-    from model.dit import Step1XEdit
-    from model.params import params_from_config
+    from model.dit.transformer import Step1XEdit
+    from model.dit.params import params_from_config
 
     config = {"dit": TINY_CONFIG["dit"], "connector": dict(TINY_CONFIG["connector"], in_channels=vlm_hidden)}
     model = Step1XEdit(params_from_config(config, "v1.2"), device="meta")
@@ -50,7 +50,7 @@ def write_transformer(folder: Path, official: dict) -> None:
     from safetensors.torch import save_file
 
     sys.path.insert(0, str(REPO_ROOT))
-    from model.key_map import official_to_diffusers
+    from model.weights.key_map import official_to_diffusers
 
     diffusers = official_to_diffusers(official)
     folder.mkdir(parents=True, exist_ok=True)

@@ -91,8 +91,8 @@ def make_dit(version: str, generator) -> dict:
     import torch
 
     sys.path.insert(0, str(REPO_ROOT))
-    from model.dit import Step1XEdit
-    from model.params import params_from_config
+    from model.dit.transformer import Step1XEdit
+    from model.dit.params import params_from_config
 
     model = Step1XEdit(params_from_config(TINY_CONFIG, version), device="meta")
     shapes = {key: torch.empty(value.shape) for key, value in model.state_dict().items()}

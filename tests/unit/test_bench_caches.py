@@ -11,7 +11,7 @@ from tests.unit.comfy_support import import_node_module
 
 
 def test_tiny_run_writes_every_cache_and_threshold_against_the_uncached_edit(tmp_path, monkeypatch):
-    import_node_module("nodes.cfg_guider")   # ComfyUI importable on the CPU, as the script does with --tiny
+    import_node_module("nodes.runtime.cfg_guider")   # ComfyUI importable on the CPU, as the script does with --tiny
     from benchmarks import bench_caches
 
     out = tmp_path / "results" / "caches"

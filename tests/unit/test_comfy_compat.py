@@ -1,4 +1,4 @@
-"""nodes/comfy_compat.py: what the pack needs from ComfyUI is probed at import, by capability."""
+"""nodes/runtime/comfy_compat.py: what the pack needs from ComfyUI is probed at import, by capability."""
 from __future__ import annotations
 
 import importlib
@@ -11,7 +11,7 @@ from tests.unit.comfy_support import import_node_module
 
 @pytest.fixture
 def compat():
-    return import_node_module("nodes.comfy_compat")
+    return import_node_module("nodes.runtime.comfy_compat")
 
 
 def test_this_comfyui_has_one_kind_of_fp8_layer(compat):

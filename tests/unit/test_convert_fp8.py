@@ -86,7 +86,7 @@ def test_block_linears_become_comfyui_fp8_layers_and_the_rest_is_kept(files):
 
 # Only a ComfyUI with per-layer quantized layers (comfy/ops.py mixed_precision_ops) has this round trip to
 # test; on an older one the loader feeds the converted file to its scaled-fp8 layers (the test below).
-COMPAT = import_node_module("nodes.comfy_compat")
+COMPAT = import_node_module("nodes.runtime.comfy_compat")
 
 if COMPAT.FP8_LAYERS == COMPAT.PER_LAYER_QUANT:
     def test_comfyui_per_layer_fp8_layers_read_and_write_the_entries_as_stored(files):
@@ -117,8 +117,8 @@ def test_converted_file_loads_as_the_bf16_file_quantised_at_load(loader, files):
 
 
 def test_one_forward_of_the_converted_model_is_close_to_bf16(loader, files):
-    """The pure-torch forward of the loaded network (model/dit.py), without ComfyUI's sampling around it."""
-    forward = import_pack_module("model.dit").Step1XEdit.forward
+    """The pure-torch forward of the loaded network (model/dit/transformer.py), without ComfyUI's sampling around it."""
+    forward = import_pack_module("model.dit.transformer").Step1XEdit.forward
     outputs = {}
     for name, choice in (("bf16", "default"), ("comfy_fp8", "default")):
         net = loader.load_step1x_model(files[name], choice, "auto").model.diffusion_model

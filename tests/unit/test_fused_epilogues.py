@@ -1,4 +1,4 @@
-"""The fused-epilogue forms of the blocks (model/layers.py FusedEpilogues) compute the unfused function.
+"""The fused-epilogue forms of the blocks (model/dit/layers.py FusedEpilogues) compute the unfused function.
 
 On CPU they are off by default (so the fp32 parity tests run the reference's exact op order); here
 they are forced on and compared in float64, where only summation order differs.
@@ -10,10 +10,10 @@ import dataclasses
 import pytest
 import torch
 
-from model import layers
-from model.attention import embed_positions
-from model.dit import Step1XEdit
-from model.params import FULL_SIZE
+from model.dit import layers
+from model.dit.attention import embed_positions
+from model.dit.transformer import Step1XEdit
+from model.dit.params import FULL_SIZE
 
 HIDDEN, HEADS, AXES = 64, 4, (4, 6, 6)
 BATCH, TXT, IMG = 2, 6, 14

@@ -7,11 +7,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from model.checkpoint import CheckpointError, quantize_fp8
-from model.key_map import group_official, official_to_diffusers
-from model.dit import Step1XEdit
-from model.loader import RELEASE_BLOCKS, block_gaps, check_block_layout, inspect_checkpoint, load_step1x_dit
-from model.params import FULL_SIZE, block_indices
+from model.weights.checkpoint import CheckpointError, quantize_fp8
+from model.weights.key_map import group_official, official_to_diffusers
+from model.dit.transformer import Step1XEdit
+from model.weights.loader import RELEASE_BLOCKS, block_gaps, check_block_layout, inspect_checkpoint, load_step1x_dit
+from model.dit.params import FULL_SIZE, block_indices
 from tests.golden import model_sets
 from tests.unit.shard_files import write_shards
 
@@ -195,7 +195,7 @@ def test_forced_version_drops_the_v10_factor_with_a_warning(tmp_path, caplog):
 @pytest.mark.parametrize("hidden, width", [(112, 115), (112, 122), (112, 230), (64, 256)])
 def test_detected_mlp_width_is_rebuilt_exactly(hidden, width):
     """Widths that ``int(hidden · width / hidden)`` would round down still give back the file's width."""
-    from model.params import detect_params
+    from model.dit.params import detect_params
 
     shapes = {k: tuple(v.shape) for k, v in tiny_state(V10).items()}
     shapes["img_in.weight"] = (hidden, shapes["img_in.weight"][1])
@@ -251,7 +251,7 @@ def test_release_layout_passes_and_a_surplus_block_is_named(release_keys):
 
 
 def test_full_width_diffusers_layout_names_its_own_stacks(release_keys):
-    """The v1.2 / v1.1-diffusers key names, mapped through model/key_map.py like the loader maps them."""
+    """The v1.2 / v1.1-diffusers key names, mapped through model/weights/key_map.py like the loader maps them."""
     kept = without_blocks(without_blocks(release_keys, "single_blocks", range(19, 38)), "double_blocks", [3])
     with torch.device("meta"):
         state = {k: v for k, v in Step1XEdit(FULL_SIZE["v1.2"]).state_dict().items() if k in kept}

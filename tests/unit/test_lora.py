@@ -1,12 +1,12 @@
-"""model/lora.py against the golden LoRA case (official ``library/lora_module.py``): parsing, ignored keys, the merge,
+"""model/weights/lora.py against the golden LoRA case (official ``library/lora_module.py``): parsing, ignored keys, the merge,
 and the errors for files that are not Step1X-Edit kohya LoRAs. Everything comes from the manifests."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from model.dit import Step1XEdit
-from model.lora import (
+from model.dit.transformer import Step1XEdit
+from model.weights.lora import (
     LoraError,
     kohya_targets,
     linear_weight_shapes,
@@ -15,7 +15,7 @@ from model.lora import (
     merge_weight,
     parse_kohya_lora,
 )
-from model.params import params_from_config
+from model.dit.params import params_from_config
 from tests.golden import assert_close, model_sets
 
 LORA_FILE = "lora.safetensors"

@@ -128,9 +128,9 @@ def test_stacked_loras_add_and_come_off_one_at_a_time(comfy, fixture_set, model,
 
 
 def test_bf16_weights_get_the_official_cast_back(comfy, fixture_set, lora_sd):
-    """bf16 storage: ComfyUI's fp32 patch then round-to-nearest equals model/lora.py's official rule
+    """bf16 storage: ComfyUI's fp32 patch then round-to-nearest equals model/weights/lora.py's official rule
     within one bf16 step (only the order of the float32 factors differs)."""
-    lora_module = import_pack_module("model.lora")
+    lora_module = import_pack_module("model.weights.lora")
     model = load_model(comfy, fixture_set, "bf16")
     original = loaded_weights(model)
     merged = loaded_weights(comfy.apply_step1x_lora(model, lora_sd, 1.0, LORA_FILE))
@@ -145,7 +145,7 @@ def test_bf16_weights_get_the_official_cast_back(comfy, fixture_set, lora_sd):
 
 def test_alpha_zero_reads_as_rank_like_the_official_loader(comfy, model, lora_sd):
     """ComfyUI alone would scale by 0/rank; the official ``LoRAModule`` uses alpha = rank (scale 1)."""
-    lora_module = import_pack_module("model.lora")
+    lora_module = import_pack_module("model.weights.lora")
     targets = lora_module.kohya_targets(lora_module.linear_weight_shapes(model.model.diffusion_model))
     name = next(n for n in sorted({k.partition(".")[0] for k in lora_sd}) if n in targets and targets[n].covered)
     key = targets[name].weight_key
@@ -167,7 +167,7 @@ def test_scaled_fp8_weights_are_patched_like_comfyui_does(comfy, fixture_set, lo
     """fp8 storage: each patched weight is the fp32 merge requantised by ComfyUI's stochastic rounding —
     with the layer's own scale, clamped to its range (scaled-fp8 layers), or with a new absmax scale
     (per-layer comfy_quant layers) — and comes back bit-exactly."""
-    scale_key = import_node_module("nodes.comfy_compat").FP8_SCALE_KEY
+    scale_key = import_node_module("nodes.runtime.comfy_compat").FP8_SCALE_KEY
     model = load_model(comfy, fixture_set, "fp8_e4m3fn")
     original = loaded_weights(model)
     base = fixture_set.tensors("tiny_model.safetensors")

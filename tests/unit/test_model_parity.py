@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from model import image_io, sampling
-from model.branch_sampling import BranchText, sample_per_branch
-from model.dit import Step1XEdit
-from model.loader import load_step1x_dit
-from model.params import VERSIONS, detect_params
+from model.dit import image_io, sampling
+from model.dit.branch_sampling import BranchText, sample_per_branch
+from model.dit.transformer import Step1XEdit
+from model.weights.loader import load_step1x_dit
+from model.dit.params import VERSIONS, detect_params
 from tests.golden import assert_close, model_sets
 
 SETS = model_sets()

@@ -33,7 +33,7 @@ def sampler():
 @pytest.fixture(scope="module")
 def native():
     import_node_module("nodes.extension")
-    return import_pack_module("nodes.native_model")
+    return import_pack_module("nodes.runtime.native_model")
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def plain(sampler, case):
 
 
 def test_model_sampling_is_the_official_shifted_schedule(native):
-    sampling = import_pack_module("model.sampling")
+    sampling = import_pack_module("model.dit.sampling")
     rows = [(s, row) for s in model_sets() if s.has("schedule.safetensors")
             for row in s.entry("schedule.safetensors")["table"]]
     assert rows
@@ -90,8 +90,8 @@ def test_model_sampling_is_the_official_shifted_schedule(native):
 
 
 def test_guidance_is_the_official_guided_velocity_and_keeps_cores_cfg1_shortcut(native):
-    sampling = import_pack_module("model.sampling")
-    guidance = import_pack_module("nodes.cfg_guider").Step1XGuidance
+    sampling = import_pack_module("model.dit.sampling")
+    guidance = import_pack_module("nodes.runtime.cfg_guider").Step1XGuidance
     generator = torch.Generator().manual_seed(0)
     cond_v, uncond_v = (torch.randn(2, 16, 4, 6, generator=generator) * 3 for _ in range(2))
     sigma = torch.full((2,), 0.95)
@@ -145,7 +145,7 @@ def test_core_ksampler_edits_with_the_official_noise_and_close_to_the_official_s
     import comfy.sample
     import comfy.samplers
 
-    sampling = import_pack_module("model.sampling")
+    sampling = import_pack_module("model.dit.sampling")
     _, _, _, latent, seed, cfg, _ = case
     model, positive, negative = core_inputs(case)
     raw = latent["samples"]
@@ -180,7 +180,7 @@ def test_core_step_caches_skip_steps_on_the_native_model(sampler, case, plain, n
 
 
 def teacache_module():
-    return import_pack_module("nodes.teacache")
+    return import_pack_module("nodes.node_teacache")
 
 
 def test_teacache_off_and_never_skipping_are_bit_identical(sampler, case, plain):
@@ -246,14 +246,14 @@ def test_teacache_computes_only_the_branches_that_need_it(native):
     tokens, text, hidden = 12, 5, params.dit.hidden_size
     img, txt = torch.randn(2, tokens, hidden, generator=generator), torch.randn(2, text, hidden, generator=generator)
     vec = torch.randn(2, hidden, generator=generator)
-    ids = import_pack_module("model.sampling").image_ids(6, 8)
+    ids = import_pack_module("model.dit.sampling").image_ids(6, 8)
     pe = net.positions(torch.zeros(1, text, 3), ids[None])
     options = {"sample_sigmas": torch.tensor([1.0, 0.5, 0.25, 0.0]), "sigmas": torch.tensor([0.5, 0.5]),
                "uuids": ["cond", "uncond"]}
     run = teacache.TeaCacheRun(threshold=1.0)
     with torch.no_grad():
         shift, scale = net.double_blocks[0].img_mod(vec)[:2]
-        probe = import_pack_module("model.layers").modulate(img, shift, scale)
+        probe = import_pack_module("model.dit.layers").modulate(img, shift, scale)
         residual = torch.randn(1, tokens, hidden, generator=generator)
         run.branches["cond"] = teacache.BranchState(probe=probe[:1], residual=residual)
         out = run(net, img, txt, vec, pe, options)
@@ -330,7 +330,7 @@ def test_progress_reaches_every_step_and_cancel_stops_the_run(sampler, case):
 
 
 def test_non_finite_weights_stop_the_sampler_with_the_causes(sampler, case):
-    sampling = import_pack_module("model.sampling")
+    sampling = import_pack_module("model.dit.sampling")
     patcher = native_patcher(V11)
     with torch.no_grad():
         patcher.model.diffusion_model.final_layer.linear.weight[0, 0] = float("nan")
@@ -339,7 +339,7 @@ def test_non_finite_weights_stop_the_sampler_with_the_causes(sampler, case):
 
 
 def test_torch_compile_option_compiles_the_blocks_with_the_eager_result(sampler, case, native, plain, monkeypatch):
-    runtime = import_pack_module("nodes.dit_runtime")
+    runtime = import_pack_module("nodes.runtime.dit_runtime")
     monkeypatch.setattr(native, "run_compiled_or_eager",
                         lambda net, run: runtime.run_compiled_or_eager(net, run, backend="eager"))
     patcher = native_patcher(V11)

@@ -1,5 +1,5 @@
 """Every golden sampling case through Step1X Sampler's own path inside ComfyUI (no server): the node's
-execute, the native model (nodes/native_model.py) under core's CFGGuider, calc_cond_batch and Euler KSAMPLER.
+execute, the native model (nodes/runtime/native_model.py) under core's CFGGuider, calc_cond_batch and Euler KSAMPLER.
 
 Configs, inputs, seeds, guidance and tolerances come from the manifests (model sets and diffusers sets);
 the per-step predictions are read at the DiT's final layer, the batch order from core's
@@ -36,8 +36,8 @@ def native_patcher(fixtures):
     import comfy.model_patcher
     import comfy.ops
 
-    loader = import_pack_module("model.loader")
-    native = import_pack_module("nodes.native_model")
+    loader = import_pack_module("model.weights.loader")
+    native = import_pack_module("nodes.runtime.native_model")
     cfg = fixtures.manifest["config"]
     heads, axes = ((cfg["connector_heads_num"], cfg["axes_dims_rope"]) if is_diffusers(fixtures)
                    else (cfg["connector"]["heads_num"], cfg["dit"]["axes_dim"]))
@@ -50,7 +50,7 @@ def native_patcher(fixtures):
 
 def conditioning(fixtures, t) -> tuple[list, list]:
     """The set's instruction and negative as the encoder nodes hand them over."""
-    common = import_pack_module("nodes.common")
+    common = import_pack_module("nodes.runtime.common")
     if is_diffusers(fixtures):
         def branch(role):
             return [[t[f"{role}_llm_embedding"], {
@@ -66,7 +66,7 @@ def conditioning(fixtures, t) -> tuple[list, list]:
 def renorm_label(entry, params, schedule: torch.Tensor) -> str:
     """The cfg_renorm choice that renormalises the steps the manifest names (and, where the manifest gives
     the official threshold, has that threshold)."""
-    common = import_pack_module("nodes.common")
+    common = import_pack_module("nodes.runtime.common")
     steps = len(schedule) - 1
     expected = entry.get("renormalised_steps", [])
     expected = list(range(steps)) if expected == "all" else expected
@@ -112,7 +112,7 @@ def predictions_by_step(calls) -> list[dict[int, torch.Tensor]]:
 
 @pytest.mark.parametrize("fixtures, filename", CASES, ids=CASE_IDS)
 def test_golden_case_through_the_step1x_sampler_node(sampler, fixtures, filename):
-    sampling = import_pack_module("model.sampling")
+    sampling = import_pack_module("model.dit.sampling")
     entry, t = fixtures.entry(filename), fixtures.tensors(filename)
     atol, rtol = fixtures.tolerance(filename)
     patcher = native_patcher(fixtures)

@@ -42,7 +42,7 @@ def latent_nodes():
 
 @pytest.fixture(scope="module")
 def sampling():
-    return import_pack_module("model.sampling")
+    return import_pack_module("model.dit.sampling")
 
 
 def photo(batch: int = 2) -> torch.Tensor:
@@ -86,7 +86,7 @@ def test_images_out_of_range_are_refused(latent_nodes, width, height, words):
 
 
 def test_input_pixels_round_and_decoded_pixels_truncate(latent_nodes):
-    common = import_pack_module("nodes.common")
+    common = import_pack_module("nodes.runtime.common")
     levels = torch.arange(256, dtype=torch.float32).reshape(1, 16, 16, 1).repeat(1, 1, 1, 3) / 255
     assert (common.image_to_uint8(levels)[0][..., 0].ravel() == list(range(256))).all()
     decoded = torch.full((1, 2, 2, 3), 254.9 / 255)
@@ -139,8 +139,8 @@ def test_unpack_converts_to_8_bits_by_the_sampled_release(latent_nodes, output_s
 
 def test_each_release_names_its_pixel_rules():
     """The switches Pack Ref Latent's warning and Unpack/Decode's rounding follow."""
-    params = import_pack_module("model.params")
-    image_io = import_pack_module("model.image_io")
+    params = import_pack_module("model.dit.params")
+    image_io = import_pack_module("model.dit.image_io")
     rules = {version: (switches.input_resize, switches.output_rounding) for version, switches in params.VERSIONS.items()}
     assert rules == {"v1.0": ("bicubic", "truncate"), "v1.1": ("lanczos", "truncate"),
                      "v1.2": ("bilinear-antialias", "round")}

@@ -40,7 +40,7 @@ def tiny_checkpoint(tmp_path_factory):
 
 
 def edit_once(patcher) -> torch.Tensor:
-    sampling = import_pack_module("model.sampling")
+    sampling = import_pack_module("model.dit.sampling")
     net = patcher.model.diffusion_model
     width = net.params.connector.in_channels
     generator = torch.Generator().manual_seed(1)
@@ -59,7 +59,7 @@ def test_every_linear_is_a_comfy_ops_layer(loader, tiny_checkpoint):
     patcher = loader.load_step1x_model(tiny_checkpoint, "default", "auto")
     linears = [m for m in patcher.model.modules() if isinstance(m, torch.nn.Linear)]
     assert linears and all(hasattr(m, "comfy_cast_weights") for m in linears)
-    assert import_pack_module("nodes.native_model").is_step1x_model(patcher)
+    assert import_pack_module("nodes.runtime.native_model").is_step1x_model(patcher)
     assert patcher.model.latent_format.scale_factor == 0.3611
 
 
@@ -71,14 +71,14 @@ def test_streamed_lowvram_load_gives_the_full_load_result(loader, tiny_checkpoin
     streamed = loader.load_step1x_model(tiny_checkpoint, weight_dtype, "auto")
     streamed.load(torch.device("cpu"), lowvram_model_memory=1)   # 1 byte "free": every layer streams
     assert streamed.model.model_lowvram
-    is_linear = import_pack_module("model.layers").is_linear
+    is_linear = import_pack_module("model.dit.layers").is_linear
     linears = [m for m in streamed.model.modules() if is_linear(m)]
     assert linears and all(m.comfy_cast_weights for m in linears)
     torch.testing.assert_close(edit_once(streamed), expected, rtol=0, atol=0)
 
 
 def test_fp8_weight_dtype_keeps_fp8_weights_with_scales(loader, tiny_checkpoint):
-    compat = import_node_module("nodes.comfy_compat")
+    compat = import_node_module("nodes.runtime.comfy_compat")
     patcher = loader.load_step1x_model(tiny_checkpoint, "fp8_e4m3fn", "auto")
     stored = patcher.model.diffusion_model.double_blocks[0].img_attn.qkv.state_dict()
     assert stored["weight"].dtype == torch.float8_e4m3fn
@@ -102,7 +102,7 @@ def test_fast_fp8_falls_back_to_the_fp8_result_without_fp8_matmul(loader, tiny_c
 
 
 def test_checkpoint_headers_are_read_once(loader, tiny_checkpoint, monkeypatch):
-    model_loader = import_pack_module("model.loader")
+    model_loader = import_pack_module("model.weights.loader")
     read_headers = model_loader.read_headers
     reads = []
 
@@ -141,7 +141,7 @@ def test_the_model_gets_the_patcher_core_loaders_use_and_compiling_opts_out(load
 
     monkeypatch.setattr(mp, "CoreModelPatcher", Dynamic, raising=False)
     patcher = loader.load_step1x_model(tiny_checkpoint, "default", "auto")
-    assert type(patcher) is Dynamic and import_pack_module("nodes.native_model").is_step1x_model(patcher)
+    assert type(patcher) is Dynamic and import_pack_module("nodes.runtime.native_model").is_step1x_model(patcher)
     assert type(loader.load_step1x_model(tiny_checkpoint, "default", "auto", torch_compile=True)) is mp.ModelPatcher
     assert type(loader.load_step1x_model(tiny_checkpoint, "default", "auto", disable_dynamic=True)) is mp.ModelPatcher
     if "disable_dynamic" in inspect.signature(mp.ModelPatcher.clone).parameters:

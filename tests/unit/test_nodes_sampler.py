@@ -24,7 +24,7 @@ def sampler():
 
 @pytest.fixture(scope="module")
 def runtime():
-    return import_node_module("nodes.dit_runtime")
+    return import_node_module("nodes.runtime.dit_runtime")
 
 
 def step1x_conditioning(batch: int, width: int = 16, length: int = 640) -> list:
@@ -76,7 +76,7 @@ def test_latents_that_do_not_pack_are_refused(sampler, shape, words):
 
 def _tiny_sampling_run(runtime):
     """The tiny fixture model's sampling run, with the run settings a loaded DiT carries."""
-    from model import sampling
+    from model.dit import sampling
     from tests.golden import model_sets
     from tests.unit.test_model_parity import edit_loop_inputs, build_model
 
@@ -139,7 +139,7 @@ def test_release_mismatch_is_logged(sampler, caplog):
     ("v1.1", "lanczos", False), ("v1.0", "bicubic", False), ("v1.2", None, False),
 ])
 def test_resize_filter_mismatch_is_logged_with_the_fix(sampler, caplog, version, used, warned):
-    params = import_node_module("model.params").Step1XParams(version=version)
+    params = import_node_module("model.dit.params").Step1XParams(version=version)
     latent = {"samples": torch.zeros(1, 16, 4, 4)}
     if used:
         latent["step1x_resize_filter"] = used
@@ -170,8 +170,8 @@ def test_sampler_reasoning_edit_and_core_setup_offer_the_same_renorm_choices(sam
 
 @pytest.mark.parametrize("version, model_default", [("v1.0", 1.0), ("v1.1", 0.93), ("v1.2", 0.00093)])
 def test_renorm_labels_resolve_to_their_thresholds(version, model_default):
-    common = import_node_module("nodes.common")
-    params = import_node_module("model.params").Step1XParams(version=version)
+    common = import_node_module("nodes.runtime.common")
+    params = import_node_module("model.dit.params").Step1XParams(version=version)
     resolved = [common.renorm_threshold(label, params) for label in RENORM_LABELS]
     assert resolved == pytest.approx([model_default, 1.0, 0.93, 0.00093], rel=1e-12, abs=0)
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model import sampling
-from model.branch_sampling import BranchText, sample_per_branch
-from model.loader import load_step1x_dit
-from model.sampling import NonFiniteResult
+from model.dit import sampling
+from model.dit.branch_sampling import BranchText, sample_per_branch
+from model.weights.loader import load_step1x_dit
+from model.dit.sampling import NonFiniteResult
 from tests.golden import model_sets
 
 V11 = {s.version: s for s in model_sets()}["v1.1"]

@@ -9,14 +9,14 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from model import sampling
-from model.params import VERSIONS
-from model.parallel import ParallelPlan, make_plan, sample_parallel, shard_sizes
+from model.dit import sampling
+from model.dit.params import VERSIONS
+from model.dit.parallel import ParallelPlan, make_plan, sample_parallel, shard_sizes
 from tests.golden import assert_close, model_sets
 from tests.unit.test_model_parity import build_model, edit_loop_inputs
 
 GRIDS = [(2, 1), (1, 2), (2, 2), (1, 3)]  # (cfg_degree, sp_degree)
-# The releases that batch cond and uncond (v1.0, v1.1); v1.2 samples per branch (model/branch_sampling.py).
+# The releases that batch cond and uncond (v1.0, v1.1); v1.2 samples per branch (model/dit/branch_sampling.py).
 BATCHED_SETS = [i for i, s in enumerate(model_sets()) if s.has("sampling.safetensors")
                 and s.manifest.get("weights_layout") != "diffusers"]
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from model import sampling
-from model.branch_sampling import BranchText, sample_per_branch
-from model.checkpoint import CheckpointError
-from model.key_map import group_official, official_to_diffusers
-from model.loader import inspect_checkpoint, load_step1x_dit
+from model.dit import sampling
+from model.dit.branch_sampling import BranchText, sample_per_branch
+from model.weights.checkpoint import CheckpointError
+from model.weights.key_map import group_official, official_to_diffusers
+from model.weights.loader import inspect_checkpoint, load_step1x_dit
 from tests.golden import assert_close, diffusers_sets
 from tests.unit.shard_files import INDEX_NAME, write_shards
 

@@ -1,4 +1,4 @@
-"""v1.2 thinker logic (model/thinker*.py) against golden ``thinker_v1_2/``: exact prompts,
+"""v1.2 thinker logic (model/reasoning/) against golden ``thinker_v1_2/``: exact prompts,
 answer parsing and caps, retry fallbacks, and whole reflection loops replayed from scripted answers."""
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from functools import lru_cache
 import pytest
 from PIL import Image
 
-from model import thinker as T
-from model import thinker_prompts as P
+from model.reasoning import thinker as T
+from model.reasoning import thinker_prompts as P
 from tests.golden import GOLDEN_DIR
 
 SET_DIR = GOLDEN_DIR / "thinker_v1_2"

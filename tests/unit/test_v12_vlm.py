@@ -1,4 +1,4 @@
-"""v1.2 encoder (model/vlm_v12_*.py, nodes/vlm_v12_hf.py) against golden ``vlm_v1_2/``.
+"""v1.2 encoder (model/vlm/v12_*.py, nodes/encoders/vlm_v12_hf.py) against golden ``vlm_v1_2/``.
 
 Every case, the model folder and every tolerance come from the set's manifest. Reference embeddings
 are bfloat16 (the release's dtype): an fp32 result is compared unrounded, with the reference's own
@@ -20,9 +20,9 @@ from safetensors.torch import load_file
 from tests.golden import GOLDEN_DIR
 from tests.unit.vlm_support import import_pack_module
 
-HF = import_pack_module("nodes.vlm_v12_hf")
-ENC = import_pack_module("model.vlm_v12_encode")
-PROMPT = import_pack_module("model.vlm_v12_prompt")
+HF = import_pack_module("nodes.encoders.vlm_v12_hf")
+ENC = import_pack_module("model.vlm.v12_encode")
+PROMPT = import_pack_module("model.vlm.v12_prompt")
 
 SET_DIR = GOLDEN_DIR / "vlm_v1_2"
 BF16_HALF_ULP = 2.0**-8  # bfloat16 keeps 8 significant bits: rounding moves a value by ≤ 2⁻⁸ of it

@@ -1,4 +1,4 @@
-"""Route 1 (nodes/vlm_comfy.py) inside ComfyUI itself, without a server.
+"""Route 1 (nodes/encoders/vlm_comfy.py) inside ComfyUI itself, without a server.
 
 ComfyUI's real Qwen tokenizer must give the fixtures' ids; a tiny model built from ComfyUI's own
 Qwen2.5-VL classes (sizes from the fixture folder's config.json, weights from its safetensors)
@@ -22,14 +22,14 @@ from tests.unit.vlm_support import (VLM_DIR, assert_v11_sdpa_semantics, case_nam
 TINY_FOLDER = VLM_DIR / "tiny-qwen25vl"
 sys.path.insert(0, str(TINY_MODELS_DIR))
 
-P = import_pack_module("model.vlm_prompt")
-I = import_pack_module("model.vlm_image")
+P = import_pack_module("model.vlm.prompt")
+I = import_pack_module("model.vlm.image")
 
 
 @pytest.fixture(scope="module")
 def vlm_comfy():
     """ComfyUI importable on CPU; returns the pack's ComfyUI route module."""
-    return import_node_module("nodes.vlm_comfy")
+    return import_node_module("nodes.encoders.vlm_comfy")
 
 
 def _tiny_clip():

@@ -1,4 +1,4 @@
-"""Route 2 (nodes/vlm_hf.py): the tiny HF Qwen2.5-VL folder through transformers reproduces every
+"""Route 2 (nodes/encoders/vlm_hf.py): the tiny HF Qwen2.5-VL folder through transformers reproduces every
 golden ``vlm/`` case: ids, mask exactly; last hidden state and embedding within tolerance."""
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import torch
 from tests.unit.vlm_support import (VLM_DIR, assert_v11_sdpa_semantics, case_names, import_pack_module, load_case, max_abs_error,
                                     tolerance, window)
 
-HF = import_pack_module("nodes.vlm_hf")
-P = import_pack_module("model.vlm_prompt")
-I = import_pack_module("model.vlm_image")
+HF = import_pack_module("nodes.encoders.vlm_hf")
+P = import_pack_module("model.vlm.prompt")
+I = import_pack_module("model.vlm.image")
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Image side of the VLM encoder (model/vlm_image.py) against the golden ``vlm/`` fixtures."""
+"""Image side of the VLM encoder (model/vlm/image.py) against the golden ``vlm/`` fixtures."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,8 +8,8 @@ from PIL import Image
 
 from tests.unit.vlm_support import case_names, import_pack_module, load_case, tolerance
 
-I = import_pack_module("model.vlm_image")
-S = import_pack_module("model.sampling")
+I = import_pack_module("model.vlm.image")
+S = import_pack_module("model.dit.sampling")
 
 
 @pytest.mark.parametrize("name", case_names())

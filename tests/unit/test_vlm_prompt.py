@@ -1,4 +1,4 @@
-"""Prompt side of the VLM encoder (model/vlm_prompt.py) against the golden ``vlm/`` fixtures."""
+"""Prompt side of the VLM encoder (model/vlm/prompt.py) against the golden ``vlm/`` fixtures."""
 from __future__ import annotations
 
 import logging
@@ -8,7 +8,7 @@ import torch
 
 from tests.unit.vlm_support import VLM_DIR, case_names, import_pack_module, load_case, vlm_spec, window
 
-P = import_pack_module("model.vlm_prompt")
+P = import_pack_module("model.vlm.prompt")
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ PACK_NAME = "step1x_pack_under_test"
 
 
 def import_pack_module(dotted: str) -> types.ModuleType:
-    """``import_pack_module("nodes.vlm_hf")`` -> the pack's ``nodes/vlm_hf.py``."""
+    """``import_pack_module("nodes.encoders.vlm_hf")`` -> the pack's ``nodes/encoders/vlm_hf.py``."""
     parts = dotted.split(".")
     for depth in range(len(parts)):
         name = ".".join([PACK_NAME, *parts[:depth]])
@@ -104,8 +104,8 @@ def release_semantics_reference(case: VLMCase, row: int, flash_padding: bool) ->
 
 def assert_v11_sdpa_semantics(encoder, name: str) -> None:
     """Every row of a case encoded with v1.1's SDPA semantics matches its reference (either route)."""
-    prompt = import_pack_module("model.vlm_prompt")
-    vlm_image = import_pack_module("model.vlm_image")
+    prompt = import_pack_module("model.vlm.prompt")
+    vlm_image = import_pack_module("model.vlm.image")
     case = load_case(name)
     image = vlm_image.resize_for_vlm(case.raw_image(), case.size_level)
     for k, row in enumerate(case.rows):

@@ -35,10 +35,10 @@ from .checkpoint import (
     read_scales,
 )
 from .checkpoint_folder import read_headers, resolve_dit_files
-from .dit import Step1XEdit
+from ..dit.transformer import Step1XEdit
 from .key_map import DIFFUSERS_BLOCK_STACKS, Source, group_official, identity_sources
-from .layers import is_linear
-from .params import V10_ONLY_KEY, DiTParams, Step1XParams, block_indices, detect_params, with_version
+from ..dit.layers import is_linear
+from ..dit.params import V10_ONLY_KEY, DiTParams, Step1XParams, block_indices, detect_params, with_version
 
 logger = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ def read_state_dict(
     fp8 weights stored with a per-tensor scale are dequantised (``w·scale``); fp8 biases are upcast.
     With ``fp8_storage`` the Linear weights of the blocks become float8_e4m3fn (kept as stored or
     quantised with one absmax scale per tensor) and every Linear gets a ``scale_weight`` entry: the
-    layout of ComfyUI's ``scaled_fp8_ops``, which nodes/comfy_compat.py also maps onto ComfyUI's per-layer
+    layout of ComfyUI's ``scaled_fp8_ops``, which nodes/runtime/comfy_compat.py also maps onto ComfyUI's per-layer
     (``comfy_quant``) fp8 layers.
     """
     prefix = info.layout.prefix
@@ -246,7 +246,7 @@ def build_step1x_dit(
 ) -> Step1XEdit:
     """Build and fill the DiT that ``info`` (from :func:`inspect_checkpoint`) describes, without reading the
     headers again. ``operations``' Linear must take a ``scale_weight`` entry when ``fp8_storage``
-    (ComfyUI's fp8 layers as nodes/comfy_compat.py picks them, or benchmarks/fp8_rowwise.py). ``model_class`` is
+    (ComfyUI's fp8 layers as nodes/runtime/comfy_compat.py picks them, or benchmarks/fp8_rowwise.py). ``model_class`` is
     :class:`Step1XEdit` or a subclass with the same parameters (a host's adapter, e.g. ComfyUI's)."""
     with torch.device("meta"):
         model = model_class(info.params, dtype=dtype, operations=operations)

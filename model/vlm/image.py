@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .image_io import U8_MAX
-from .sampling import size_for_level
+from ..dit.image_io import U8_MAX
+from ..dit.sampling import size_for_level
 
 # Qwen2.5-VL vision geometry (preprocessor_config.json): 14-pixel patches, 2×2 merge, 2 frames.
 PATCH_SIZE = 14

@@ -54,7 +54,7 @@ def to_vae_input(image: np.ndarray) -> torch.Tensor:
 
 def unit_to_uint8(unit: torch.Tensor, rounding: str = DEFAULT_ROUNDING) -> torch.Tensor:
     """Values in [0, 1] (clamped) → uint8 ×255, truncated (v1.0 / v1.1 ``to_pil_image``) or rounded
-    (v1.2 ``VaeImageProcessor``): the release's ``output_rounding`` switch (model/params.py)."""
+    (v1.2 ``VaeImageProcessor``): the release's ``output_rounding`` switch (model/dit/params.py)."""
     if rounding not in ROUNDINGS:
         raise ValueError(f"unknown 8-bit rounding {rounding!r}; choose one of {', '.join(ROUNDINGS)}")
     scaled = unit.clamp(0, 1).float() * U8_MAX

@@ -10,7 +10,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .vlm_prompt import IMAGE_PAD_ID, IMAGE_PLACEHOLDER, TEMPLATE_HEAD, TEMPLATE_TAIL, expand_image_pad
+from .prompt import IMAGE_PAD_ID, IMAGE_PLACEHOLDER, TEMPLATE_HEAD, TEMPLATE_TAIL, expand_image_pad
 
 # Module constant ``EDIT_PREFIX`` of the v1.2 pipeline; the third line ends in a space (``\u0020``).
 EDIT_PREFIX = (

@@ -1,6 +1,6 @@
 """One Step1X-Edit v1.2 edit inside ComfyUI: the v1.2 conditioning layout, the release's pixel paths, and
 :class:`V12Editor`, the release's single edit (``encode_prompt`` → ``__call__``, sampled by Step1X Sampler's
-runner, nodes/cfg_guider.py) used as the reasoning loop's ``edit`` callable.
+runner, nodes/runtime/cfg_guider.py) used as the reasoning loop's ``edit`` callable.
 """
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ import comfy.model_management as mm
 import torch
 from PIL import Image
 
-from ..model.image_io import OUTPUT_RESAMPLE, resize_unit_to_size_level, unit_to_uint8
-from ..model.params import VERSIONS
-from ..model.sampling import LATENT_CHANNELS
-from ..model.vlm_image import pil_to_image_tensor
-from ..model.vlm_v12_encode import V12Encoding, encode_v12, vlm_source_image
+from ...model.dit.image_io import OUTPUT_RESAMPLE, resize_unit_to_size_level, unit_to_uint8
+from ...model.dit.params import VERSIONS
+from ...model.dit.sampling import LATENT_CHANNELS
+from ...model.vlm.image import pil_to_image_tensor
+from ...model.vlm.v12_encode import V12Encoding, encode_v12, vlm_source_image
 from .cfg_guider import sample_step1x
 from .common import CONDITIONING_MARKER, TEXT_EMBEDS_KEY, TEXT_MASK_KEY, TXT_IDS_KEY, V12_RELEASE
 from .native_model import is_step1x_model, needs_v12_model_message
-from .v12_vlm import V12VLM
+from ..encoders.v12_vlm import V12VLM
 
 V12_SIZE_LEVEL = 1024  # the v1.2 pipeline's default size_level (``Step1XEditPipelineV1P2.__call__``)
 

@@ -7,9 +7,9 @@ import logging
 import numpy as np
 import torch
 
-from ..model.image_io import DEFAULT_ROUNDING, U8_MAX, unit_to_uint8
-from ..model.params import RENORM_EVERY_STEP, RENORM_NEVER, RENORM_OFFICIAL, VERSIONS, Step1XParams
-from ..model.sampling import LATENT_CHANNELS, PIXELS_PER_TOKEN, VAE_DOWNSCALE
+from ...model.dit.image_io import DEFAULT_ROUNDING, U8_MAX, unit_to_uint8
+from ...model.dit.params import RENORM_EVERY_STEP, RENORM_NEVER, RENORM_OFFICIAL, VERSIONS, Step1XParams
+from ...model.dit.sampling import LATENT_CHANNELS, PIXELS_PER_TOKEN, VAE_DOWNSCALE
 
 logger = logging.getLogger(__name__)
 
@@ -17,7 +17,7 @@ CATEGORY = "Step1X-Edit"
 # Key the VLM encoder puts in each conditioning's options dict (nodes/node_vlm_encode.py); its value is
 # the encoder release. Conditioning without it comes from another model family (e.g. Qwen-Image).
 CONDITIONING_MARKER = "step1x_edit"
-# v1.2 encodings (Step1X v1.2 VLM Encode, nodes/v12_edit.py to_conditioning) carry the marker value
+# v1.2 encodings (Step1X v1.2 VLM Encode, nodes/runtime/v12_edit.py to_conditioning) carry the marker value
 # V12_RELEASE and, per prompt, the DiT's text ids, the quoted-token input embeddings and their mask.
 V12_RELEASE = "v1.2"
 TXT_IDS_KEY, TEXT_EMBEDS_KEY, TEXT_MASK_KEY = "txt_ids", "text_embeds", "text_mask"
@@ -26,7 +26,7 @@ TXT_IDS_KEY, TEXT_EMBEDS_KEY, TEXT_MASK_KEY = "txt_ids", "text_embeds", "text_ma
 # LATENT keys.
 ORIGINAL_SIZE_KEY = "step1x_original_size"
 # Pack Ref Latent records the resize filter it used (the sampler warns when the model's release resizes
-# otherwise); Step1X Sampler records the release's 8-bit rounding for Unpack/Decode (model/params.py).
+# otherwise); Step1X Sampler records the release's 8-bit rounding for Unpack/Decode (model/dit/params.py).
 RESIZE_FILTER_KEY = "step1x_resize_filter"
 OUTPUT_ROUNDING_KEY = "step1x_output_rounding"
 # The current official pipeline (v1.1 code: ``ImageGenerator.input_process_image``, ``Qwen25VL_7b_Embedder``):

@@ -1,10 +1,10 @@
 """Loading a Step1X-Edit DiT file into ComfyUI: the MODEL (a ModelPatcher over the native Step1X model of
-nodes/native_model.py, which holds model.dit.Step1XEdit as its diffusion model), for Load Step1X Model and
+nodes/runtime/native_model.py, which holds model.dit.Step1XEdit as its diffusion model), for Load Step1X Model and
 the v1.2 loader.
 
 The network is built with ComfyUI's operations (comfy.ops.pick_operations: manual_cast when the
 weight dtype is not the compute dtype; for fp8 weights the fp8 layers of this ComfyUI, chosen in
-nodes/comfy_compat.py), so ComfyUI can load it whole, stream it layer by layer under --lowvram /
+nodes/runtime/comfy_compat.py), so ComfyUI can load it whole, stream it layer by layer under --lowvram /
 --novram or dynamic VRAM, and offload it between prompts. The patcher is the class core loaders use
 (dynamic VRAM where it runs), and records how to rebuild the model without it, as core loaders do.
 """
@@ -17,7 +17,7 @@ import comfy.model_patcher
 import comfy.ops
 import torch
 
-from ..model.loader import build_step1x_dit, inspect_checkpoint
+from ...model.weights.loader import build_step1x_dit, inspect_checkpoint
 from .cfg_guider import Step1XGuidance
 from .comfy_compat import fp8_operations, model_patcher_class
 from .dit_runtime import DiTRunSettings
@@ -61,14 +61,14 @@ def load_step1x_model(path: str, weight_dtype_choice: str, attention: str, torch
         operations = comfy.ops.pick_operations(weight_dtype, compute_dtype, load_device=load_device)
     net = build_step1x_dit(info, dtype=compute_dtype if fp8 else weight_dtype, device=offload_device,
                            operations=operations, fp8_storage=fp8, model_class=Step1XDiffusion)
-    # comfy.ops' Linear is nn.Linear's forward unless it casts or patches (checked per call, model/layers.py).
+    # comfy.ops' Linear is nn.Linear's forward unless it casts or patches (checked per call, model/dit/layers.py).
     net.allow_fused_linears(comfy.ops.disable_weight_init.Linear)
     net.compute_dtype = compute_dtype
     net.run_settings = DiTRunSettings(os.path.basename(path), attention, torch_compile)
     patcher_class = model_patcher_class(dynamic=not (disable_dynamic or torch_compile))
     patcher = patcher_class(Step1XModel(net, weight_dtype, compute_dtype, device=offload_device),
                             load_device=load_device, offload_device=offload_device)
-    # Core samplers guide with the release's CFG rule (nodes/cfg_guider.py); Step1X Sampler sets its own.
+    # Core samplers guide with the release's CFG rule (nodes/runtime/cfg_guider.py); Step1X Sampler sets its own.
     patcher.set_model_sampler_cfg_function(Step1XGuidance(net.params.switches.renorm_threshold))
     # How core rebuilds a model without dynamic VRAM (ModelPatcher.clone(disable_dynamic=True)).
     patcher.cached_patcher_init = (load_step1x_model, (path, weight_dtype_choice, attention, torch_compile))

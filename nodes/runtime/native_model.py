@@ -25,9 +25,9 @@ import comfy.patcher_extension
 import comfy.supported_models_base
 import torch
 
-from ..model.attention import set_attention_backend
-from ..model.dit import Step1XEdit
-from ..model.sampling import (PATCH, PIXELS_PER_TOKEN, get_schedule, pack_latent, schedule_shift, sequence_ids,
+from ...model.dit.attention import set_attention_backend
+from ...model.dit.transformer import Step1XEdit
+from ...model.dit.sampling import (PATCH, PIXELS_PER_TOKEN, get_schedule, pack_latent, schedule_shift, sequence_ids,
                               unpack_latent)
 from .common import (CONDITIONING_MARKER, DEFAULT_SIZE_LEVEL, FLUX_LATENT_CHANNELS, TEXT_EMBEDS_KEY, TEXT_MASK_KEY,
                      TXT_IDS_KEY, V12_RELEASE)
@@ -41,7 +41,7 @@ REFERENCE_LATENTS = "reference_latents"
 CONTEXT, MASK, REFERENCE, TXT_IDS, TEXT_EMBEDS, TEXT_MASK = (
     "c_crossattn", "attention_mask", "ref_latent", "txt_ids", "text_embeds", "text_mask")
 # transformer_options key of a block-stack replacement ``(net, img, txt, vec, pe, transformer_options) →
-# stack output`` (``net.run_stack`` computes the real one): how a step cache (nodes/teacache.py) takes over
+# stack output`` (``net.run_stack`` computes the real one): how a step cache (nodes/node_teacache.py) takes over
 # the 19 + 38 blocks inside the diffusion-model executor.
 BLOCK_STACK_KEY = "step1x_block_stack"
 # Rough peak activation memory per joint token and hidden unit of one batch row, in elements: the
@@ -79,13 +79,13 @@ def step1x_model_sampling(image_seq_len: int, shift: bool = True) -> Step1XModel
 
 
 def official_sigmas(steps: int, latent_h: int, latent_w: int, shift: bool = True) -> torch.Tensor:
-    """The official schedule as sigmas ``[steps + 1]`` float32, 1 → 0 (model/sampling.py ``get_schedule``)."""
+    """The official schedule as sigmas ``[steps + 1]`` float32, 1 → 0 (model/dit/sampling.py ``get_schedule``)."""
     return get_schedule(steps, noise_tokens(latent_h, latent_w), shift=shift)
 
 
 class Step1XModelConfig(comfy.supported_models_base.BASE):
     """The model config (``comfy/supported_models_base.py`` ``BASE``): FLUX latents, the network is built by
-    the pack's loader (model/loader.py) rather than from ``unet_config``."""
+    the pack's loader (model/weights/loader.py) rather than from ``unet_config``."""
 
     unet_config = {"disable_unet_model_creation": True}
     unet_extra_config = {}
@@ -160,7 +160,7 @@ class Step1XDiffusion(Step1XEdit):
         return unpack_latent(out, latent_h, latent_w)
 
     def run_stack(self, img, txt, vec, pe):
-        """:meth:`stack`, under torch.compile when the loader asked for it (nodes/dit_runtime.py)."""
+        """:meth:`stack`, under torch.compile when the loader asked for it (nodes/runtime/dit_runtime.py)."""
         return run_compiled_or_eager(self, lambda: self.stack(img, txt, vec, pe))
 
 

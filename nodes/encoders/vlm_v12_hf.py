@@ -25,11 +25,11 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ..model import thinker_prompts as prompts
-from ..model.vlm_image import FETCH_MAX_PIXELS, FETCH_MIN_PIXELS, qwen2vl_pixel_values, smart_resize
-from ..model.vlm_prompt import IMAGE_PAD_ID
-from ..model.vlm_v12_encode import V12Runner
-from ..model.vlm_v12_prompt import IMAGE_PAD_TOKEN
+from ...model.reasoning import thinker_prompts as prompts
+from ...model.vlm.image import FETCH_MAX_PIXELS, FETCH_MIN_PIXELS, qwen2vl_pixel_values, smart_resize
+from ...model.vlm.prompt import IMAGE_PAD_ID
+from ...model.vlm.v12_encode import V12Runner
+from ...model.vlm.v12_prompt import IMAGE_PAD_TOKEN
 from .vlm_hf import QWEN25_VL_MODEL_TYPE, HFQwen25VL
 
 logger = logging.getLogger(__name__)

@@ -90,10 +90,10 @@ class VersionSwitches:
         connector output (fork ``Step1XEditTransformer2DModel.forward``); the encoder then also yields
         those embeddings, their quote mask and Qwen-derived text ids, with no padding, so cond and uncond
         have their own lengths (fork ``encode_prompt``).
-    input_resize: the reference image's resize to the working size (model/image_io.py RESIZE_FILTERS):
+    input_resize: the reference image's resize to the working size (model/dit/image_io.py RESIZE_FILTERS):
         PIL bicubic (v1.0), PIL LANCZOS (v1.1; ``input_process_image``), torch bilinear with antialias on the
         float image (v1.2; fork ``encode_image``).
-    output_rounding: the decoded image's 8-bit conversion (model/image_io.py ROUNDINGS): ×255 truncated
+    output_rounding: the decoded image's 8-bit conversion (model/dit/image_io.py ROUNDINGS): ×255 truncated
         (v1.0, v1.1 ``to_pil_image`` in ``generate_image``) or rounded (v1.2, diffusers
         ``VaeImageProcessor.numpy_to_pil``).
     """

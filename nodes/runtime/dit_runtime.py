@@ -14,7 +14,7 @@ logger = logging.getLogger(__name__)
 class DiTRunSettings:
     """How the loader asked a DiT to run, and what compiling it did: one record per loaded DiT.
 
-    ``attention_backend``: model/attention.py's switch; ``torch_compile``: Load Step1X Model's option;
+    ``attention_backend``: model/dit/attention.py's switch; ``torch_compile``: Load Step1X Model's option;
     ``blocks_compiled`` / ``compile_failed``: set by :func:`run_compiled_or_eager`.
     """
 

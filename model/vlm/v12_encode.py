@@ -1,6 +1,6 @@
 """Step1X-Edit v1.2 encoding: the VLM's image, the 90-token cut, Qwen-derived text ids.
 
-Pure torch + PIL; the Qwen2.5-VL itself is behind :class:`V12Runner` (``nodes/vlm_v12_hf.py``
+Pure torch + PIL; the Qwen2.5-VL itself is behind :class:`V12Runner` (``nodes/encoders/vlm_v12_hf.py``
 implements it with transformers). Reference: the diffusers fork ``pipeline_step1x_edit_v1p2.py``
 (``encode_image``, ``_get_qwenvl_embeds``, ``encode_prompt``, ``set_vision_tokens_position_ids``).
 """
@@ -14,11 +14,11 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from .branch_sampling import BranchText
-from .sampling import size_for_level
-from .vlm_image import RESIZE_FACTOR, qwen2vl_pixel_values, smart_resize
-from .vlm_prompt import IMAGE_PAD_ID, mrope_positions
-from .vlm_v12_prompt import DROPPED_TOKENS, EDIT_PREFIX, MAX_LENGTH, V12Tokens, tokenize_v12
+from ..dit.branch_sampling import BranchText
+from ..dit.sampling import size_for_level
+from .image import RESIZE_FACTOR, qwen2vl_pixel_values, smart_resize
+from .prompt import IMAGE_PAD_ID, mrope_positions
+from .v12_prompt import DROPPED_TOKENS, EDIT_PREFIX, MAX_LENGTH, V12Tokens, tokenize_v12
 
 # The pipeline rebuilds its processor with these pixel bounds; they are the ones that act
 # (``Step1XEditPipelineV1P2.__init__``).

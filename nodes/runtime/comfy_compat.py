@@ -7,7 +7,7 @@ pack adapts to is decided here, from what the running ComfyUI has or does:
   ``comfy_quant`` entry from the state dict (``comfy/ops.py`` ``mixed_precision_ops``, the path
   core uses for scaled-fp8 files when ``comfy/utils.py`` ``convert_old_quants`` has rewritten them),
   or it has the older ``comfy.ops.scaled_fp8_ops`` (``scale_weight`` per layer). The pack's loader
-  (``model/loader.py``) hands in fp8 weights with ``scale_weight`` entries; :func:`fp8_operations`
+  (``model/weights/loader.py``) hands in fp8 weights with ``scale_weight`` entries; :func:`fp8_operations`
   returns layers that take them on either kind.
 * dynamic VRAM: where ``comfy.model_patcher`` has ``ModelPatcherDynamic``, core loaders build
   ``comfy.model_patcher.CoreModelPatcher`` (``main.py`` points it at the dynamic class when
@@ -29,11 +29,11 @@ import torch
 from comfy import sd1_clip
 from comfy.text_encoders import llama, qwen_vl
 
-from ..model.checkpoint import COMFY_FP8_FORMAT, COMFY_QUANT_SCALE_SUFFIX, QUANT_FORMAT_SUFFIX, comfy_quant_entry
-from ..model.loader import FP8_SCALE_KEY as PACK_SCALE_KEY
+from ...model.weights.checkpoint import COMFY_FP8_FORMAT, COMFY_QUANT_SCALE_SUFFIX, QUANT_FORMAT_SUFFIX, comfy_quant_entry
+from ...model.weights.loader import FP8_SCALE_KEY as PACK_SCALE_KEY
 
 FP8 = torch.float8_e4m3fn
-# Per-layer entries of ComfyUI's mixed-precision layers (model/checkpoint.py names them with the dot).
+# Per-layer entries of ComfyUI's mixed-precision layers (model/weights/checkpoint.py names them with the dot).
 COMFY_QUANT_SCALE_KEY = COMFY_QUANT_SCALE_SUFFIX.removeprefix(".")
 COMFY_QUANT_KEY = QUANT_FORMAT_SUFFIX.removeprefix(".")
 # What core passes as quant_config once it finds per-layer comfy_quant entries
@@ -71,7 +71,7 @@ def _fp8_capability() -> str | None:
 
 
 def _qwen_vl_missing() -> list[str]:
-    """The ComfyUI internals the ``clip`` route of VLM Encode uses (nodes/vlm_comfy.py) that are missing."""
+    """The ComfyUI internals the ``clip`` route of VLM Encode uses (nodes/encoders/vlm_comfy.py) that are missing."""
     checks = {
         "llama.Qwen25_7BVLI": hasattr(llama, "Qwen25_7BVLI"),
         "Llama2_.forward(position_ids=, embeds=)": hasattr(llama, "Llama2_") and {

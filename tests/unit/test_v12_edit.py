@@ -1,4 +1,4 @@
-"""The v1.2 runtime inside ComfyUI (no server; nodes/v12_edit.py, nodes/v12_vlm.py, nodes/model_folders.py):
+"""The v1.2 runtime inside ComfyUI (no server; nodes/runtime/v12_edit.py, nodes/encoders/v12_vlm.py, nodes/runtime/model_folders.py):
 conditioning round trip, the v1.2 pixel paths, DiT folder listing, the seeded VLM adapter, and a two-try
 reasoning edit through the real v1.2 editor (tiny DiT and VLM from tests/tiny_models/make_tiny_v12.py, a
 stand-in VAE, scripted judge answers)."""
@@ -22,12 +22,12 @@ PHOTO = REPO_ROOT / "workflows" / "input" / "chelsea_the_cat.png"
 
 @pytest.fixture(scope="module")
 def v12_edit():
-    return import_node_module("nodes.v12_edit")
+    return import_node_module("nodes.runtime.v12_edit")
 
 
 @pytest.fixture(scope="module")
 def v12_vlm():
-    return import_node_module("nodes.v12_vlm")
+    return import_node_module("nodes.encoders.v12_vlm")
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def pipeline(tmp_path_factory):
 def test_vae_pixels_are_the_bilinear_antialiased_float_image(v12_edit):
     image = Image.open(PHOTO).convert("RGB")
     pixels = v12_edit.vae_pixels(image, 256)
-    sampling = import_pack_module("model.sampling")
+    sampling = import_pack_module("model.dit.sampling")
     width, height = sampling.size_for_level(*image.size, 256)
     assert pixels.shape == (1, height, width, 3) and pixels.dtype == torch.float32
     source = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)[None]
@@ -74,7 +74,7 @@ def test_conditioning_carries_the_v12_extras_and_other_models_are_refused(v12_ed
 
 
 def test_pipeline_folders_are_listed(pipeline, tmp_path):
-    folders = import_node_module("nodes.model_folders")
+    folders = import_node_module("nodes.runtime.model_folders")
     (tmp_path / "group").mkdir()
     (tmp_path / "group" / "Step1X-Edit-v1p2").symlink_to(pipeline, target_is_directory=True)
     (tmp_path / "not-a-model").mkdir()
@@ -120,8 +120,8 @@ def test_reasoning_edit_on_the_tiny_models(v12_edit, v12_vlm, pipeline):
     """The node's pieces end to end: the loop drives the real v1.2 editor (tiny DiT and VLM, stand-in VAE);
     judging answers are scripted. Two tries: the reflection instruction edits the first output."""
     loader = import_pack_module("nodes.node_loader")
-    thinker = import_pack_module("model.thinker")
-    hf = import_pack_module("nodes.vlm_v12_hf")
+    thinker = import_pack_module("model.reasoning.thinker")
+    hf = import_pack_module("nodes.encoders.vlm_v12_hf")
 
     model = loader.load_step1x_model(str(pipeline), "default", "auto")
     net = model.model.diffusion_model
@@ -160,7 +160,7 @@ def test_seeded_vlm_gives_each_call_its_own_seed(v12_vlm):
 def test_managed_hf_runner_keeps_one_model_per_slot(monkeypatch):
     """The cache both transformers routes share: built once per (folder, dtype), rebuilt for another folder in
     the same slot (the old one dropped), and slots (VLM Encode's HF folder, the v1.2 VLM) kept apart."""
-    managed = import_node_module("nodes.managed_hf_model")
+    managed = import_node_module("nodes.encoders.managed_hf_model")
     monkeypatch.setattr(managed, "_patchers", {})
     built = []
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from .layers import is_linear
+from ..dit.layers import is_linear
 
 # LoRANetwork.LORA_PREFIX_DIT / LORA_PREFIX_TEXT_ENCODER ("lora_te3" is the Qwen2.5-VL encoder there).
 DIT_PREFIX = "lora_unet_"

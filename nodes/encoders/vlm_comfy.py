@@ -10,7 +10,7 @@ VLM-sized, so ComfyUI's own resize is an identity), the ids with the quote split
 positions with Step1X's id-0 padding semantics, and the raster-order fix where ComfyUI's ViT returns
 its tokens in window order (probed: :func:`vit_returns_window_order`). ComfyUI internals move between
 releases: :func:`check_comfy_internals` names any that this route uses and this ComfyUI lacks
-(probed in nodes/comfy_compat.py).
+(probed in nodes/runtime/comfy_compat.py).
 """
 from __future__ import annotations
 
@@ -23,10 +23,10 @@ from PIL import Image
 
 from comfy.text_encoders import llama
 
-from .comfy_compat import QWEN_VL_MISSING
+from ..runtime.comfy_compat import QWEN_VL_MISSING
 
-from ..model.vlm_image import pil_to_image_tensor
-from ..model.vlm_prompt import IMAGE_PAD_ID, keep_mask, zero_outputs_where_masked
+from ...model.vlm.image import pil_to_image_tensor
+from ...model.vlm.prompt import IMAGE_PAD_ID, keep_mask, zero_outputs_where_masked
 
 QWEN_ENCODER_KEY = "qwen25_7b"  # attribute of the text encoder and tokenizer (comfy/text_encoders/qwen_image.py)
 # Window-order probe: a ViT without blocks on a grid larger than one 112-pixel window (4×4 merged).

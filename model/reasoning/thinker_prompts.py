@@ -15,7 +15,7 @@ from typing import Any
 
 from PIL import Image
 
-from .vlm_prompt import IMAGE_PLACEHOLDER
+from ..vlm.prompt import IMAGE_PLACEHOLDER
 
 # analyze_text: more than one CJK ideograph (U+4E00–U+9FFF) makes an instruction Chinese; the English
 # prompts then name the answer language with these literal words.

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import folder_paths
 
-from ..model.checkpoint_folder import INDEX_SUFFIX, TRANSFORMER_SUBFOLDER
+from ...model.weights.checkpoint_folder import INDEX_SUFFIX, TRANSFORMER_SUBFOLDER
 
 HF_FOLDER_ROOT = "text_encoders"  # folder_paths key the Hugging Face folders are listed from
 HF_CONFIG_FILE = "config.json"   # what makes a folder a Hugging Face model folder

@@ -19,7 +19,7 @@ import latent_preview
 import node_helpers
 import torch
 
-from ..model.sampling import check_finite, guided_velocity, pack_latent, unpack_latent
+from ...model.dit.sampling import check_finite, guided_velocity, pack_latent, unpack_latent
 from .native_model import REFERENCE_LATENTS, official_sigmas, noise_tokens, step1x_model_sampling
 
 # comfy/samplers.py KSAMPLER_NAMES: the official update x ← x + (t_next − t)·v (ImageGenerator.denoise).
@@ -87,7 +87,7 @@ def sample_step1x(model, positive: list, negative: list, reference: torch.Tensor
                   steps: int, cfg: float, renorm_threshold: float, shift: bool = True, seed: int = 0) -> torch.Tensor:
     """One Step1X edit (or text-to-image run) → raw FLUX latent ``[B, 16, h, w]`` on the intermediate device.
 
-    noise: float32 ``[B, 16, h, w]`` in the model's latent scaling (model/sampling.py ``make_noise``);
+    noise: float32 ``[B, 16, h, w]`` in the model's latent scaling (model/dit/sampling.py ``make_noise``);
     reference: raw latent ``[B or 1, 16, h, w]`` or None; positive / negative: Step1X CONDITIONING. The
     model runs with the official schedule for this size (``shift``) and its model sampling, so wrappers that
     read percentages (EasyCache, LazyCache) see the steps the sampler takes.

@@ -1,6 +1,6 @@
 """Step1X-Edit v1.2's own Qwen2.5-VL between nodes: the ``STEP1X_VLM`` handle (Load Step1X-Edit v1.2 →
 v1.2 VLM Encode, Think, Reasoning Edit), loaded on first use as a ComfyUI-managed model
-(nodes/managed_hf_model.py), and :class:`SeededVLM`, the thinker's seeded generator.
+(nodes/encoders/managed_hf_model.py), and :class:`SeededVLM`, the thinker's seeded generator.
 """
 from __future__ import annotations
 

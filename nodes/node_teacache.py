@@ -14,7 +14,7 @@ The rule of ali-vilab/TeaCache ``TeaCache4FLUX/teacache_flux.py`` ``teacache_for
 Each CFG branch (each conditioning, by its uuid in ``transformer_options["uuids"]``) keeps its own probe,
 sum and residual, so the instruction and the negative prompt decide independently, batched or not (v1.2
 runs them as separate calls). The cache replaces the block stack through ``transformer_options`` inside the
-diffusion-model executor (nodes/native_model.py ``BLOCK_STACK_KEY``), so it composes with the other wrappers.
+diffusion-model executor (nodes/runtime/native_model.py ``BLOCK_STACK_KEY``), so it composes with the other wrappers.
 """
 from __future__ import annotations
 
@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from comfy_api.latest import io
 
-from ..model.layers import modulate
-from .common import CATEGORY
-from .native_model import BLOCK_STACK_KEY, is_step1x_model
+from ..model.dit.layers import modulate
+from .runtime.common import CATEGORY
+from .runtime.native_model import BLOCK_STACK_KEY, is_step1x_model
 
 logger = logging.getLogger(__name__)
 

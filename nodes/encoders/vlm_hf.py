@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ..model.vlm_image import qwen2vl_pixel_values
-from ..model.vlm_prompt import IMAGE_PAD_ID, keep_mask, zero_outputs_where_masked
+from ...model.vlm.image import qwen2vl_pixel_values
+from ...model.vlm.prompt import IMAGE_PAD_ID, keep_mask, zero_outputs_where_masked
 
 logger = logging.getLogger(__name__)
 

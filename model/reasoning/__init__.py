@@ -1,0 +1,1 @@
+"""v1.2 reasoning: the thinker and reflection prompts and answer parsing."""

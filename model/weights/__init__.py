@@ -1,0 +1,1 @@
+"""Weight files: checkpoint layouts, key maps, the loader, LoRA."""

@@ -1,0 +1,1 @@
+"""ComfyUI-side runtime of the DiT: the native model, CFG guider, loading, folders, capability checks."""
