@@ -36,8 +36,8 @@ def time_v12_try(dit, runner, image: Image.Image, instruction: str, *, size_leve
     ``dit``: a loaded v1.2 ``Step1XEdit`` on its device (its dtype is the compute dtype);
     ``runner``: a loaded ``HFQwen25VLV12``.
     """
-    encode_mod, branch, sampling, thinker = (import_pack_module(m) for m in ("model.vlm.v12_encode", "model.dit.branch_sampling",
-                                                                 "model.dit.sampling", "model.reasoning.thinker"))
+    encode_mod, branch, sampling, thinker = (import_pack_module(m) for m in (
+        "model.vlm.v12_encode", "model.dit.branch_sampling", "model.dit.sampling", "model.reasoning.thinker"))
     device = next(dit.parameters()).device
     vlm_image = encode_mod.vlm_source_image(image, size_level)
     (cond, uncond), t_encode = timed(lambda: (encode_mod.encode_v12(runner, instruction, vlm_image).branch_text(),

@@ -12,8 +12,8 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from .runtime.cfg_guider import Step1XGuidance, with_reference
-from .runtime.common import (CATEGORY, RENORM_CHOICES, RENORM_MODEL_DEFAULT, RENORM_TOOLTIP, check_latent, renorm_threshold,
-                     warn_on_resize_mismatch)
+from .runtime.common import (CATEGORY, RENORM_CHOICES, RENORM_MODEL_DEFAULT, RENORM_TOOLTIP, check_latent,
+                             renorm_threshold, warn_on_resize_mismatch)
 from .runtime.native_model import check_conditioning, is_step1x_model, noise_tokens, step1x_model_sampling
 
 

@@ -15,9 +15,9 @@ from comfy_api.latest import io
 
 from ..model.dit.sampling import make_noise
 from .runtime.cfg_guider import sample_step1x
-from .runtime.common import (CATEGORY, CONDITIONING_MARKER, DEFAULT_CFG, DEFAULT_SEED, DEFAULT_STEPS, MAX_SEED, MAX_STEPS,
-                     ORIGINAL_SIZE_KEY, OUTPUT_ROUNDING_KEY, RENORM_CHOICES, RENORM_MODEL_DEFAULT, RENORM_TOOLTIP,
-                     check_latent, renorm_threshold, warn_on_resize_mismatch)
+from .runtime.common import (CATEGORY, CONDITIONING_MARKER, DEFAULT_CFG, DEFAULT_SEED, DEFAULT_STEPS, MAX_SEED,
+                             MAX_STEPS, ORIGINAL_SIZE_KEY, OUTPUT_ROUNDING_KEY, RENORM_CHOICES, RENORM_MODEL_DEFAULT,
+                             RENORM_TOOLTIP, check_latent, renorm_threshold, warn_on_resize_mismatch)
 from .runtime.native_model import check_conditioning, is_step1x_model, not_step1x_message
 
 logger = logging.getLogger(__name__)

@@ -3,8 +3,8 @@
 
 Two encoder routes, same result: ComfyUI's own Qwen2.5-VL-7B (a CLIP from 'Load CLIP', type
 qwen_image; nodes/encoders/vlm_comfy.py) or a Hugging Face folder in models/text_encoders run through
-transformers (nodes/encoders/vlm_hf.py, nodes/encoders/managed_hf_model.py). Both are ComfyUI-managed models, offloaded by model_management
-when the DiT needs the memory.
+transformers (nodes/encoders/vlm_hf.py, nodes/encoders/managed_hf_model.py). Both are ComfyUI-managed
+models, offloaded by model_management when the DiT needs the memory.
 """
 from __future__ import annotations
 

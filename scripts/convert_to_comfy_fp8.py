@@ -31,7 +31,8 @@ def convert(path: str) -> dict:
     """The converted state dict of the DiT at ``path``; raises ``model.checkpoint.CheckpointError``."""
     import torch
 
-    from model.weights.checkpoint import COMFY_FP8_FORMAT, COMFY_QUANT_SCALE_SUFFIX, QUANT_FORMAT_SUFFIX, comfy_quant_entry
+    from model.weights.checkpoint import (COMFY_FP8_FORMAT, COMFY_QUANT_SCALE_SUFFIX, QUANT_FORMAT_SUFFIX,
+                                          comfy_quant_entry)
     from model.dit.transformer import Step1XEdit
     from model.dit.layers import is_linear
     from model.weights.loader import FP8_SCALE_KEY, inspect_checkpoint, read_state_dict

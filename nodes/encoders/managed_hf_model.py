@@ -2,8 +2,9 @@
 text-encoder device when a node needs it and offloads it when the DiT needs the memory.
 
 Both transformers routes use it: VLM Encode's Hugging Face folder (nodes/node_vlm_encode.py, runner
-nodes/encoders/vlm_hf.py) and v1.2's own Qwen2.5-VL (nodes/encoders/v12_vlm.py, runner nodes/encoders/vlm_v12_hf.py). Each has its own
-slot holding one model at a time, so the two do not evict each other.
+nodes/encoders/vlm_hf.py) and v1.2's own Qwen2.5-VL (nodes/encoders/v12_vlm.py, runner
+nodes/encoders/vlm_v12_hf.py). Each has its own slot holding one model at a time, so the two do not evict
+each other.
 """
 from __future__ import annotations
 

@@ -29,7 +29,8 @@ import torch
 from comfy import sd1_clip
 from comfy.text_encoders import llama, qwen_vl
 
-from ...model.weights.checkpoint import COMFY_FP8_FORMAT, COMFY_QUANT_SCALE_SUFFIX, QUANT_FORMAT_SUFFIX, comfy_quant_entry
+from ...model.weights.checkpoint import (COMFY_FP8_FORMAT, COMFY_QUANT_SCALE_SUFFIX, QUANT_FORMAT_SUFFIX,
+                                         comfy_quant_entry)
 from ...model.weights.loader import FP8_SCALE_KEY as PACK_SCALE_KEY
 
 FP8 = torch.float8_e4m3fn

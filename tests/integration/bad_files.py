@@ -1,6 +1,6 @@
 """Model files a user might pick by mistake, for the bad-input table (test_bad_inputs.py).
 
-Written next to the good tiny weights in the session's models/ folder:
+Written next to the good tiny weights in the test server's models/ folder:
   diffusion_models/flux-dev-like.safetensors       a FLUX-style DiT: double blocks, no Step1X connector
   diffusion_models/step1x-edit-truncated.safetensors  the tiny v1.0 file cut short (interrupted download)
   diffusion_models/step1x-edit-gapped.safetensors  the tiny v1.0 file with its last single block renumbered one up

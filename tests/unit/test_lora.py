@@ -1,5 +1,6 @@
-"""model/weights/lora.py against the golden LoRA case (official ``library/lora_module.py``): parsing, ignored keys, the merge,
-and the errors for files that are not Step1X-Edit kohya LoRAs. Everything comes from the manifests."""
+"""model/weights/lora.py against the golden LoRA case (official ``library/lora_module.py``): parsing, ignored
+keys, the merge, and the errors for files that are not Step1X-Edit kohya LoRAs. Everything comes from the
+manifests."""
 from __future__ import annotations
 
 import pytest
