@@ -32,6 +32,7 @@ from queue_edit import DEFAULT_WORKFLOW, edit  # noqa: E402
 
 PHOTO = REPO / "workflows" / "input" / "chelsea_the_cat.png"
 INSTRUCTION = "Make it a snowy winter scene, with snowflakes falling on the cat"
+LOADER_CLASS = "Step1XModelLoader"
 FIRST_SEED = 42
 RUNS_PER_LEVEL = 2
 RUN_TIMEOUT_S = 600
@@ -67,12 +68,15 @@ def edit_runs(size_levels: list[int]) -> list[tuple[int, int]]:
                                                                        for _ in range(RUNS_PER_LEVEL))]
 
 
-def workflow_at_size(workflow: Path, size_level: int, folder: Path) -> Path:
-    """A copy of the API workflow with every node's ``size_level`` input set to ``size_level``."""
+def workflow_variant(workflow: Path, size_level: int, loader_inputs: dict, folder: Path) -> Path:
+    """A copy of the API workflow with every node's ``size_level`` input set to ``size_level`` and
+    ``loader_inputs`` set on Load Step1X Model."""
     prompt = json.loads(workflow.read_text())
     for node in prompt.values():
         if "size_level" in node.get("inputs", {}):
             node["inputs"]["size_level"] = size_level
+        if node["class_type"] == LOADER_CLASS:
+            node["inputs"].update(loader_inputs)
     path = folder / f"{workflow.stem}-{size_level}.json"
     path.write_text(json.dumps(prompt))
     return path
@@ -85,12 +89,15 @@ def main() -> None:
     parser.add_argument("--models-dir", type=Path, default=Path("/tmp/step1x-server-bench"))
     parser.add_argument("--size-levels", type=int, nargs="+", default=[1024, 512],
                         help="VLM Encode / Pack Ref Latent size levels to queue, each twice (the shipped workflow: 512)")
+    parser.add_argument("--weight-dtype", default="default", help="Load Step1X Model weight_dtype (e.g. fp8_e4m3fn_fast)")
+    parser.add_argument("--torch-compile", action="store_true", help="Load Step1X Model torch_compile on")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    loader_inputs = {"weight_dtype": args.weight_dtype, "torch_compile": args.torch_compile}
     device = torch.device("cuda")
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     report = {"gpu": torch.cuda.get_device_name(device), "torch": torch.__version__, "date": stamp,
-              "comfyui": str(args.comfyui), "workflow": DEFAULT_WORKFLOW.name, "runs": []}
+              "comfyui": str(args.comfyui), "workflow": DEFAULT_WORKFLOW.name, "loader_inputs": loader_inputs, "runs": []}
     path = args.out / f"server-{stamp}.json"
     base = prepare_base_dir(args.models_dir / "base")
     try:
@@ -102,7 +109,7 @@ def main() -> None:
         (web_root / "index.html").write_text("<!doctype html><title>ComfyUI API</title>")
         with ComfyServer(args.comfyui, base, extra_args=("--front-end-root", str(web_root))) as server:
             for index, (size_level, seed) in enumerate(edit_runs(args.size_levels)):
-                workflow = workflow_at_size(DEFAULT_WORKFLOW, size_level, args.models_dir)
+                workflow = workflow_variant(DEFAULT_WORKFLOW, size_level, loader_inputs, args.models_dir)
                 run = "first (loads from disk)" if index == 0 else "warm (models loaded)"
                 start = time.perf_counter()
                 try:

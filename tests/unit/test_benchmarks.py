@@ -59,15 +59,18 @@ def test_vram_benchmark_reuses_whole_scratch_files_only(tmp_path, monkeypatch):
                      "fp8": str(tmp_path / "step1x-edit-v1p1-random-fp8.safetensors")}
 
 
-def test_server_benchmark_queues_each_size_level_twice_with_new_seeds(tmp_path):
+def test_server_benchmark_queues_each_size_level_twice_with_new_seeds_and_the_loader_settings(tmp_path):
     import json
 
-    from benchmarks.bench_server import DEFAULT_WORKFLOW, edit_runs, workflow_at_size
+    from benchmarks.bench_server import DEFAULT_WORKFLOW, edit_runs, workflow_variant
 
     runs = edit_runs([1024, 512])
     assert [level for level, _ in runs] == [1024, 1024, 512, 512]
     assert len({seed for _, seed in runs}) == 4
-    prompt = json.loads(workflow_at_size(DEFAULT_WORKFLOW, 1024, tmp_path).read_text())
+    loader_inputs = {"weight_dtype": "fp8_e4m3fn_fast", "torch_compile": True}
+    prompt = json.loads(workflow_variant(DEFAULT_WORKFLOW, 1024, loader_inputs, tmp_path).read_text())
     levels = [node["inputs"]["size_level"] for node in prompt.values() if "size_level" in node["inputs"]]
     assert levels == [1024, 1024]   # VLM Encode and Pack Ref Latent
+    (loader,) = [node["inputs"] for node in prompt.values() if node["class_type"] == "Step1XModelLoader"]
+    assert loader["weight_dtype"] == "fp8_e4m3fn_fast" and loader["torch_compile"] is True
     assert json.loads(DEFAULT_WORKFLOW.read_text()) != prompt   # the shipped file is left as it is

@@ -126,6 +126,78 @@ def test_compiler_failure_falls_back_to_eager_with_a_warning(runtime, caplog):
     assert torch.equal(runtime.run_compiled_or_eager(net, run, backend=broken_backend), expected)
 
 
+def test_a_compiled_run_failing_outside_torch_compiler_errors_runs_uncompiled(runtime, caplog):
+    """A tracing failure torch does not wrap as a compiler error (ComfyUI 0.33's fp8 QuantizedTensor under
+    dynamic shapes raised an AssertionError) still falls back when the same run succeeds uncompiled."""
+    net, run = _tiny_sampling_run(runtime)
+    expected = run()
+    calls = []
+
+    def fails_unless_eager():
+        calls.append(torch.compiler.is_compiling())
+        if len(calls) == 1:
+            raise AssertionError("Expected return value from __tensor_unflatten__() to have shape equal to (s31, s81)")
+        return run()
+
+    net.run_settings.torch_compile = True
+    net.run_settings.checkpoint_name = "tiny-fp8.safetensors"
+    got = runtime.run_compiled_or_eager(net, fails_unless_eager, backend="eager")
+    assert net.run_settings.compile_failed and len(calls) == 2
+    assert "torch.compile failed for tiny-fp8.safetensors (AssertionError: Expected return value" in caplog.text
+    assert torch.equal(got, expected)
+
+
+def test_a_run_that_also_fails_uncompiled_raises_its_own_error(runtime):
+    net, _ = _tiny_sampling_run(runtime)
+    net.run_settings.torch_compile = True
+
+    def broken():
+        raise ValueError("reference latent of the wrong size")
+
+    with pytest.raises(ValueError, match="reference latent of the wrong size"):
+        runtime.run_compiled_or_eager(net, broken, backend="eager")
+    assert not net.run_settings.compile_failed
+
+
+@pytest.mark.parametrize("error", ["interrupt", "out of memory"])
+def test_interrupts_and_out_of_memory_are_not_retried_uncompiled(runtime, error):
+    import comfy.model_management as mm
+
+    net, _ = _tiny_sampling_run(runtime)
+    net.run_settings.torch_compile = True
+    raised = mm.InterruptProcessingException() if error == "interrupt" else torch.OutOfMemoryError("CUDA out of memory")
+    calls = []
+
+    def stopped():
+        calls.append(1)
+        raise raised
+
+    with pytest.raises(type(raised)):
+        runtime.run_compiled_or_eager(net, stopped, backend="eager")
+    assert calls == [1] and not net.run_settings.compile_failed
+
+
+def test_quantized_weight_tensors_compile_with_static_shapes(runtime, monkeypatch):
+    class QuantizedStandIn(torch.Tensor):
+        """A tensor subclass, as ComfyUI 0.33's QuantizedTensor layers hold their fp8 weights."""
+
+    net, run = _tiny_sampling_run(runtime)
+    dynamic_args = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kwargs: dynamic_args.append(kwargs["dynamic"]))
+    net.run_settings.torch_compile = True
+    assert not runtime.has_tensor_subclass_weights(net)
+    runtime.run_compiled_or_eager(net, run, backend="eager")
+    blocks = len(net.double_blocks) + len(net.single_blocks)
+    assert dynamic_args == [None] * blocks   # plain weights: torch's automatic dynamic shapes
+
+    weight = net.final_layer.linear.weight
+    net.final_layer.linear.weight = torch.nn.Parameter(weight.detach().as_subclass(QuantizedStandIn), requires_grad=False)
+    assert runtime.has_tensor_subclass_weights(net)
+    net.run_settings.blocks_compiled, dynamic_args[:] = False, []
+    runtime.run_compiled_or_eager(net, run, backend="eager")
+    assert dynamic_args == [False] * blocks
+
+
 def test_release_mismatch_is_logged(sampler, caplog):
     sampler.warn_on_release_mismatch(step1x_conditioning(1), "v1.1")
     assert "encoded as Step1X-Edit v1.0 but the model is v1.1" in caplog.text
