@@ -37,8 +37,8 @@ class ParallelPlan:
 def make_plan(cfg_degree: int, sp_degree: int) -> ParallelPlan:
     """Create the process groups; every rank must call this with the same arguments."""
     world, rank = dist.get_world_size(), dist.get_rank()
-    if cfg_degree not in (1, 2):
-        raise ValueError(f"cfg_degree must be 1 or 2 (instruction and negative prompt), got {cfg_degree}")
+    if cfg_degree not in (1, CFG_BRANCHES):
+        raise ValueError(f"cfg_degree must be 1 or {CFG_BRANCHES} (instruction and negative prompt), got {cfg_degree}")
     if cfg_degree * sp_degree != world:
         raise ValueError(f"cfg_degree {cfg_degree} × sp_degree {sp_degree} must equal the world size {world}")
     sp_groups = [dist.new_group([c * sp_degree + s for s in range(sp_degree)]) for c in range(cfg_degree)]
