@@ -3,6 +3,10 @@ partial loading, FLUX VAE encode/decode, and the Qwen2.5-VL-7B encoder forward.
 
 Device only: ``python benchmarks/bench_pipeline.py --comfyui .work/ComfyUI --out DIR``. Writes
 ``pipeline-<date>.json`` and prints a table. Not a test.
+
+The fp8 rows (``--weights fp8``, the ``fp8-error`` part) build their layers with ``comfy.ops.scaled_fp8_ops``,
+which ComfyUI 0.3.x up to 0.3.75 has; newer ComfyUI keeps fp8 in per-layer quantized layers that load from
+a converted file: measure those with ``bench_vram_budgets.py``.
 """
 from __future__ import annotations
 
@@ -224,6 +228,18 @@ def vlm_costs(device, image_tokens: int = 324, text_tokens: int = 248) -> dict:
     return out
 
 
+def fp8_refusal(args) -> str | None:
+    """Why the asked fp8 rows cannot run in this ComfyUI (None when they can or none was asked for)."""
+    if args.weights != "fp8" and "fp8-error" not in args.parts:
+        return None
+    import comfy.ops
+
+    if hasattr(comfy.ops, "scaled_fp8_ops"):
+        return None
+    return ("this ComfyUI has no comfy.ops.scaled_fp8_ops (fp8 lives in per-layer quantized layers there): "
+            "run the fp8 rows with benchmarks/bench_vram_budgets.py --dtypes fp8 fp8_fast, or use ComfyUI 0.3.75")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--comfyui", type=Path, required=True)
@@ -237,6 +253,9 @@ def main() -> None:
     args = parser.parse_args()
     make_out_dir(args.out)
     sys.path.insert(0, str(args.comfyui.resolve()))
+    refusal = fp8_refusal(args)
+    if refusal:
+        parser.error(refusal)
     device = torch.device("cuda")
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     report = {"gpu": torch.cuda.get_device_name(device), "torch": torch.__version__, "cuda": torch.version.cuda,

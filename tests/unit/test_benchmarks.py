@@ -8,6 +8,8 @@ import torch
 
 from benchmarks import bench_pipeline, bench_robustness
 from benchmarks.bench_dit import make_out_dir
+from tests.environment import COMFYUI_DIR
+from tests.unit.comfy_support import import_node_module
 
 
 def test_results_folder_is_created_with_its_parents(tmp_path):
@@ -24,6 +26,27 @@ def test_pipeline_benchmark_refuses_an_impossible_results_folder_before_any_work
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: pytest.fail("the run started before the check"))
     with pytest.raises(SystemExit, match=f"cannot create the results folder {blocker / 'out'}"):
         bench_pipeline.main()
+
+
+def test_pipeline_benchmark_refuses_fp8_rows_where_comfyui_has_no_scaled_fp8_ops(tmp_path, monkeypatch, capsys):
+    """ComfyUI 0.33 dropped comfy.ops.scaled_fp8_ops: the fp8 rows are refused before any GPU work, naming
+    the benchmark that measures fp8 there; 0.3.75 runs them."""
+    import_node_module("nodes.runtime.comfy_compat")   # ComfyUI importable, --cpu
+    import comfy.ops
+
+    monkeypatch.setattr(sys, "argv", ["bench_pipeline.py", "--comfyui", str(COMFYUI_DIR), "--out", str(tmp_path),
+                                      "--parts", "dit", "--weights", "fp8"])
+    if hasattr(comfy.ops, "scaled_fp8_ops"):
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: (_ for _ in ()).throw(RuntimeError("GPU run")))
+        with pytest.raises(RuntimeError, match="GPU run"):   # past the check: the run starts
+            bench_pipeline.main()
+    else:
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: pytest.fail("the run started before the check"))
+        with pytest.raises(SystemExit):
+            bench_pipeline.main()
+        assert "no comfy.ops.scaled_fp8_ops" in capsys.readouterr().err
+    args = type("Args", (), {"weights": "bf16", "parts": ["dit", "vae"]})
+    assert bench_pipeline.fp8_refusal(args) is None
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float8_e4m3fn])
