@@ -6,6 +6,7 @@ by the sampler.
 """
 from __future__ import annotations
 
+import torch
 from comfy_api.latest import io
 
 from ..model.dit.image_io import (
@@ -16,6 +17,7 @@ from ..model.dit.image_io import (
     resize_to_size_level,
     resize_unit_to_size_level,
 )
+from ..model.dit.sampling import NON_FINITE_CAUSES, NonFiniteResult
 from .runtime.common import (
     CATEGORY,
     DEFAULT_RESIZE_FILTER,
@@ -35,6 +37,16 @@ from .runtime.common import (
 MIN_IMAGE_SIDE = 16                          # one DiT token covers 16×16 pixels (VAE 8× and 2×2 patches)
 MAX_IMAGE_SIDE = 16384                       # ComfyUI's own image size limit (nodes.py MAX_RESOLUTION)
 OUTPUT_SIZES = ("original", "sampled")
+
+
+def check_finite_latent(latent: torch.Tensor) -> None:
+    """Refuse a latent holding NaN or ±inf before decoding it to a black image. Step1X Sampler checks its own
+    steps; this covers latents from core samplers (KSampler, SamplerCustomAdvanced) and anything else."""
+    if not bool(torch.isfinite(latent).all()):
+        raise NonFiniteResult(
+            "the latent to decode holds NaN or infinite values, so it would decode to a black image (if a core "
+            f"sampler made it, Step1X Sampler names the first bad step). {NON_FINITE_CAUSES}"
+        )
 
 
 def check_image_size(width: int, height: int) -> None:
@@ -109,6 +121,7 @@ class Step1XUnpackDecode(io.ComfyNode):
     @classmethod
     def execute(cls, samples: dict, vae, output_size: str) -> io.NodeOutput:
         check_flux_vae(vae)
+        check_finite_latent(samples["samples"])
         frames = decoded_to_uint8(vae.decode(samples["samples"]), samples.get(OUTPUT_ROUNDING_KEY, DEFAULT_ROUNDING))
         original = samples.get(ORIGINAL_SIZE_KEY)
         if output_size == "original" and original is not None:

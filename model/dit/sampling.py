@@ -206,6 +206,13 @@ class NonFiniteResult(RuntimeError):
     """The sampled latent holds NaN or ±inf (it would decode to a black or broken image)."""
 
 
+NON_FINITE_CAUSES = (
+    "Likely causes: damaged weights in the model file (download it again); an fp16 overflow (weights converted "
+    "to fp16 beyond its ±65504 range, or the text encoder or VAE run in fp16: use bf16 or fp32); a LoRA with bad "
+    "values (remove it or lower its strength)."
+)
+
+
 def check_finite(finite: Tensor) -> None:
     """Raise :class:`NonFiniteResult` naming the first bad step and the likely causes.
 
@@ -216,9 +223,7 @@ def check_finite(finite: Tensor) -> None:
         return
     raise NonFiniteResult(
         f"the sampled latent holds NaN or infinite values, first after step {flags.index(False) + 1} of "
-        f"{len(flags)}, so it would decode to a black image. Likely causes: damaged weights in the model file "
-        "(download it again); an fp16 overflow (weights converted to fp16 beyond its ±65504 range, or the text "
-        "encoder or VAE run in fp16: use bf16 or fp32); a LoRA with bad values (remove it or lower its strength)."
+        f"{len(flags)}, so it would decode to a black image. {NON_FINITE_CAUSES}"
     )
 
 

@@ -73,6 +73,23 @@ def test_a_latent_without_original_size_decodes_at_its_own_size(latent_nodes):
     assert image.shape == (1, 64, 48, 3)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_a_non_finite_latent_is_refused_before_decoding_with_the_causes(latent_nodes, sampling, bad):
+    samples = torch.zeros(1, 16, 8, 6)
+    samples[0, 3, 2, 1] = bad
+
+    class CountingVAE(StandInVAE):
+        decoded = 0
+
+        def decode(self, samples):
+            CountingVAE.decoded += 1
+            return super().decode(samples)
+
+    with pytest.raises(sampling.NonFiniteResult, match="latent to decode holds NaN or infinite values.*damaged weights"):
+        latent_nodes.Step1XUnpackDecode.execute({"samples": samples}, CountingVAE(), "original")
+    assert CountingVAE.decoded == 0
+
+
 @pytest.mark.parametrize("vae, words", [(StandInVAE(channels=4), "4-channel"), (StandInVAE(downscale=16), "1/16")])
 def test_a_vae_that_is_not_the_flux_vae_is_refused(latent_nodes, vae, words):
     with pytest.raises(ValueError, match=words):
