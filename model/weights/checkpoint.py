@@ -37,8 +37,12 @@ COMFY_FP8_FORMAT = "float8_e4m3fn"
 # safetensors dtypes of quantized Linear weights other than fp8 (ComfyUI's nvfp4 packs two values per
 # byte in U8, its int8 and int4 formats store I8: comfy/quant_ops.py QUANT_ALGOS storage_t).
 NON_FP8_QUANT_DTYPES = ("U8", "I8")
-OFFICIAL_MARKERS = ("connector.S.input_embedder.weight", "double_blocks.0.img_attn.qkv.weight")
-DIFFUSERS_MARKERS = ("connector.S.input_embedder.weight", "x_embedder.weight")
+# Step1X-Edit's connector (no FLUX-family DiT has it) plus the stack or embedder each layout names its own
+# way (official ``modules/model_edit.py`` ``Step1XEdit``; the fork's ``Step1XEditTransformer2DModel``). Any
+# block of a stack will do: a file missing block 0 is still this layout, and the block check names the gap.
+CONNECTOR_MARKER = "connector.S.input_embedder.weight"
+OFFICIAL_STACK_PREFIXES = ("double_blocks.", "single_blocks.")
+DIFFUSERS_MARKER = "x_embedder.weight"
 
 
 class CheckpointError(ValueError):
@@ -142,9 +146,10 @@ def detect_layout(path: str, records: dict[str, TensorRecord]) -> CheckpointLayo
     keys = list(records)
     prefix = find_prefix(keys)
     stripped = {k[len(prefix):] for k in keys if k.startswith(prefix)}
-    if all(m in stripped for m in OFFICIAL_MARKERS):
+    has_connector = CONNECTOR_MARKER in stripped
+    if has_connector and any(k.startswith(OFFICIAL_STACK_PREFIXES) for k in stripped):
         layout = "official"
-    elif all(m in stripped for m in DIFFUSERS_MARKERS):
+    elif has_connector and DIFFUSERS_MARKER in stripped:
         layout = "diffusers"
     else:
         raise CheckpointError(f"{os.path.basename(path)} is not a Step1X-Edit DiT: {describe_other_family(stripped)}.")

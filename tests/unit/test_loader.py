@@ -282,6 +282,15 @@ def test_tiny_file_with_a_gap_in_its_blocks_is_refused(tmp_path):
         load(tmp_path, V11)
 
 
+def test_tiny_file_without_its_first_double_block_is_named_damaged(tmp_path):
+    """Block 0 is what layout detection used to look for: without it the file still reads as the official
+    layout, and the block check names the gap."""
+    state = {k: v for k, v in tiny_state(V11).items() if not k.startswith("double_blocks.0.")}
+    with pytest.raises(CheckpointError) as error:
+        load(_save(tmp_path, "no-block-0.safetensors", state), V11)
+    assert str(error.value).startswith("no-block-0.safetensors is damaged: double_blocks 0 is missing (")
+
+
 def test_tiny_file_with_fewer_blocks_still_loads(tmp_path):
     """A narrow model may have any block count, as long as the numbers run from 0 without gaps."""
     state = tiny_state(V11)
