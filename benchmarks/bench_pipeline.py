@@ -120,7 +120,7 @@ def dit_lowvram(budgets_gib: list[float], size: int, device, compiled: bool, wei
         print(json.dumps(row), flush=True)
         patcher.detach()
     mm.unload_all_models()
-    del model, patcher
+    model = patcher = None   # frees the weights before the cache is emptied
     mm.soft_empty_cache()
     return rows
 
@@ -223,7 +223,7 @@ def vlm_costs(device, image_tokens: int = 324, text_tokens: int = 248) -> dict:
     out = {"mode": "qwen2.5-vl-7b-encode", "tokens": int(ids.shape[1]), "rows": 2, "s_per_edit": seconds,
            "weights_gib": sum(p.numel() * p.element_size() for p in model.parameters()) / GIB,
            "peak_allocated_gib": torch.cuda.max_memory_allocated(device) / GIB}
-    del model
+    model = None   # frees the weights before the cache is emptied
     torch.cuda.empty_cache()
     return out
 
