@@ -2,7 +2,7 @@
 
 Run on the device: ``python benchmarks/bench_dit.py --out benchmarks/results``. Prints a table and
 writes ``results/dit-<date>-<gpu>.json`` (schema in benchmarks/README.md). Every mode runs the pack's
-own sampler loop (``model.sampling.sample``: cond+uncond batch of 2, connector every step) on the
+own sampler loop (``model.dit.sampling.sample``: cond+uncond batch of 2, connector every step) on the
 same random weights, so modes are comparable within one run. Not a test: no assertions on time.
 """
 from __future__ import annotations
@@ -188,7 +188,7 @@ def parse_modes(modes: list[str]) -> list[tuple[str, set[str]]]:
 
 
 def gelu_epilogue_check(device) -> dict:
-    """fp32 error of the fused GEMM + GELU (``model.layers.linear_gelu_tanh``) against both GELUs."""
+    """fp32 error of the fused GEMM + GELU (``model.dit.layers.linear_gelu_tanh``) against both GELUs."""
     generator = torch.Generator(device).manual_seed(1)
     x, w, b = (torch.randn(*shape, device=device, generator=generator) for shape in ((512, 256), (1024, 256), (1024,)))
     fused = layers.linear_gelu_tanh(x, w, b)

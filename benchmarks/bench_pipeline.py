@@ -128,7 +128,7 @@ def dit_lowvram(budgets_gib: list[float], size: int, device, compiled: bool, wei
 def quantized_copy(model: Step1XEdit, operations, device) -> Step1XEdit:
     """The same network built with ComfyUI's scaled-fp8 ``operations``, as Load Step1X Model stores fp8:
     the blocks' Linear weights become ``W / s`` in e4m3 with ``s = max|W| / 448`` (one scale per tensor,
-    ``model.checkpoint.quantize_fp8``); every other tensor stays bf16 (``assign`` keeps its dtype)."""
+    ``model.weights.checkpoint.quantize_fp8``); every other tensor stays bf16 (``assign`` keeps its dtype)."""
     with torch.device("meta"):
         fp8_model = Step1XEdit(model.params, dtype=torch.bfloat16, operations=operations)
     state = model.state_dict()
@@ -230,7 +230,7 @@ def vlm_costs(device, image_tokens: int = 324, text_tokens: int = 248) -> dict:
 
 def fp8_refusal(args) -> str | None:
     """Why the asked fp8 rows cannot run in this ComfyUI (None when they can or none was asked for)."""
-    if args.weights != "fp8" and "fp8-error" not in args.parts:
+    if not ((args.weights == "fp8" and "dit" in args.parts) or "fp8-error" in args.parts):
         return None
     import comfy.ops
 

@@ -13,7 +13,7 @@ Parts:
   A ``sum`` row times the alternative of one float32 sum per tensor (finite iff every value is).
 * step flag: the sampler's per-step ``finite[step] = torch.isfinite(x).all()`` (model/dit/sampling.py
   ``denoise``) on the 1024² latent, against the step time.
-* interrupt: the pack's sampler (``model.sampling.sample``, CFG batch of 2) on a 1024² edit, stopped from
+* interrupt: the pack's sampler (``model.dit.sampling.sample``, CFG batch of 2) on a 1024² edit, stopped from
   another thread at a random time within a step through the node's mechanism: the step callback calls
   ``comfy.model_management.throw_exception_if_processing_interrupted`` (nodes/runtime/cfg_guider.py
   ``step_callback``, without its preview), and Cancel calls ``interrupt_current_processing``. With

@@ -88,8 +88,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--models-dir", type=Path, default=Path("/tmp/step1x-server-bench"))
     parser.add_argument("--size-levels", type=int, nargs="+", default=[1024, 512],
-                        help="VLM Encode / Pack Ref Latent size levels to queue, each twice (the shipped workflow: 512)")
-    parser.add_argument("--weight-dtype", default="default", help="Load Step1X Model weight_dtype (e.g. fp8_e4m3fn_fast)")
+                        help="VLM Encode / Pack Ref Latent size levels to queue, each twice (shipped: 512)")
+    parser.add_argument("--weight-dtype", default="default",
+                        help="Load Step1X Model weight_dtype (e.g. fp8_e4m3fn_fast)")
     parser.add_argument("--torch-compile", action="store_true", help="Load Step1X Model torch_compile on")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -97,7 +98,8 @@ def main() -> None:
     device = torch.device("cuda")
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     report = {"gpu": torch.cuda.get_device_name(device), "torch": torch.__version__, "date": stamp,
-              "comfyui": str(args.comfyui), "workflow": DEFAULT_WORKFLOW.name, "loader_inputs": loader_inputs, "runs": []}
+              "comfyui": str(args.comfyui), "workflow": DEFAULT_WORKFLOW.name, "loader_inputs": loader_inputs,
+              "runs": []}
     path = args.out / f"server-{stamp}.json"
     base = prepare_base_dir(args.models_dir / "base")
     try:

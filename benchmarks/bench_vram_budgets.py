@@ -105,8 +105,9 @@ def write_dit_files(folder: Path, tiny: bool, device: torch.device) -> dict[str,
 
     import convert_to_comfy_fp8
 
-    paths = {"bf16": folder / "step1x-edit-v1p1-random.safetensors",
-             "fp8": folder / "step1x-edit-v1p1-random-fp8.safetensors"}
+    size = "tiny" if tiny else "full"   # a --scratch folder may hold both
+    paths = {"bf16": folder / f"step1x-edit-v1p1-random-{size}.safetensors",
+             "fp8": folder / f"step1x-edit-v1p1-random-{size}-fp8.safetensors"}
     if all(path.is_file() for path in paths.values()):   # an earlier run's --scratch
         return {name: str(path) for name, path in paths.items()}
     partial = {name: path.with_name(path.name + ".part") for name, path in paths.items()}   # renamed when whole
@@ -143,7 +144,8 @@ def qwen_shapes() -> dict:
 
 def qwen_clip(shapes: dict | None, device: torch.device):
     """ComfyUI's Qwen2.5-VL-7B (CLIP type qwen_image) with random bf16 weights of ``shapes``, loaded as Load
-    CLIP loads the file's tensors; None: the golden fixtures' tiny Qwen2.5-VL (tests/tiny_models/tiny_clip_loader.py)."""
+    CLIP loads the file's tensors; None: the golden fixtures' tiny Qwen2.5-VL
+    (tests/tiny_models/tiny_clip_loader.py)."""
     import comfy.sd
 
     if shapes is None:

@@ -59,7 +59,7 @@ class Linear(nn.Linear):
 
 
 class fp8_ops:  # noqa: N801 - mirrors the comfy.ops namespace style (comfy.ops.manual_cast, ...)
-    """Drop-in ``operations=`` for :class:`model.dit.Step1XEdit`."""
+    """Drop-in ``operations=`` for :class:`model.dit.transformer.Step1XEdit`."""
 
     Linear = Linear
     LayerNorm = nn.LayerNorm

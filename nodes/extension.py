@@ -9,10 +9,10 @@ from .node_loader import Step1XModelLoader
 from .node_lora import Step1XLoraLoader
 from .node_reasoning_edit import Step1XReasoningEdit
 from .node_sampler import Step1XSampler
+from .node_teacache import Step1XTeaCache
 from .node_think import Step1XThink
 from .node_v12 import Step1XV12Encode, Step1XV12Loader
 from .node_vlm_encode import Step1XVLMEncode
-from .node_teacache import Step1XTeaCache
 
 NODES: list[type[io.ComfyNode]] = [
     Step1XModelLoader, Step1XVLMEncode, Step1XPackRefLatent, Step1XSampler, Step1XUnpackDecode,

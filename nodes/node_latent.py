@@ -9,30 +9,12 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-from ..model.dit.image_io import (
-    BILINEAR_ANTIALIAS,
-    DEFAULT_ROUNDING,
-    RESIZE_FILTERS,
-    resize_back,
-    resize_to_size_level,
-    resize_unit_to_size_level,
-)
+from ..model.dit.image_io import (BILINEAR_ANTIALIAS, DEFAULT_ROUNDING, RESIZE_FILTERS, resize_back,
+                                  resize_to_size_level, resize_unit_to_size_level)
 from ..model.dit.sampling import NON_FINITE_CAUSES, NonFiniteResult
-from .runtime.common import (
-    CATEGORY,
-    DEFAULT_RESIZE_FILTER,
-    DEFAULT_SIZE_LEVEL,
-    MAX_SIZE_LEVEL,
-    MIN_SIZE_LEVEL,
-    ORIGINAL_SIZE_KEY,
-    OUTPUT_ROUNDING_KEY,
-    RESIZE_FILTER_KEY,
-    SIZE_LEVEL_STEP,
-    check_flux_vae,
-    decoded_to_uint8,
-    image_to_uint8,
-    uint8_to_image,
-)
+from .runtime.common import (CATEGORY, DEFAULT_RESIZE_FILTER, DEFAULT_SIZE_LEVEL, MAX_SIZE_LEVEL, MIN_SIZE_LEVEL,
+                             ORIGINAL_SIZE_KEY, OUTPUT_ROUNDING_KEY, RESIZE_FILTER_KEY, SIZE_LEVEL_STEP, check_flux_vae,
+                             decoded_to_uint8, image_to_uint8, uint8_to_image)
 
 MIN_IMAGE_SIDE = 16                          # one DiT token covers 16×16 pixels (VAE 8× and 2×2 patches)
 MAX_IMAGE_SIDE = 16384                       # ComfyUI's own image size limit (nodes.py MAX_RESOLUTION)

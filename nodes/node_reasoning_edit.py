@@ -14,11 +14,11 @@ from comfy_api.latest import io
 
 from ..model.reasoning.thinker import MAX_ATTEMPTS, MalformedAnswer, Thinker, describe, reasoning_edit
 from ..model.vlm.image import image_tensor_to_pil
-from .runtime.common import (CATEGORY, DEFAULT_CFG, DEFAULT_SEED, DEFAULT_STEPS, MAX_SEED, MAX_SIZE_LEVEL, MAX_STEPS,
-                     MIN_SIZE_LEVEL, RENORM_CHOICES, RENORM_TOOLTIP, RENORM_V12_RELEASE, SIZE_LEVEL_STEP, check_flux_vae,
-                     renorm_threshold, uint8_to_image)
-from .runtime.v12_edit import V12_SIZE_LEVEL, V12Editor, check_v12_model
 from .encoders.v12_vlm import V12VLM, SeededVLM, Step1XVLM
+from .runtime.common import (CATEGORY, DEFAULT_CFG, DEFAULT_SEED, DEFAULT_STEPS, MAX_SEED, MAX_SIZE_LEVEL, MAX_STEPS,
+                             MIN_SIZE_LEVEL, RENORM_CHOICES, RENORM_TOOLTIP, RENORM_V12_RELEASE, SIZE_LEVEL_STEP,
+                             check_flux_vae, renorm_threshold, uint8_to_image)
+from .runtime.v12_edit import V12_SIZE_LEVEL, V12Editor, check_v12_model
 
 DEFAULT_TRIES = 3  # release max_try_cnt
 MAX_TRIES = 10

@@ -34,8 +34,8 @@ from .runtime.native_model import BLOCK_STACK_KEY, is_step1x_model
 logger = logging.getLogger(__name__)
 
 # Rescaling polynomial (highest power first) of ali-vilab/TeaCache TeaCache4FLUX/teacache_flux.py. The official
-# repository announced TeaCache support for Step1X-Edit (stepfun-ai/Step1X-Edit issue #19, June 2025), but that
-# code is not in the history this pack cites (v1.0 at 570eba6); the DiT is FLUX's architecture at FLUX's width.
+# repository's README announced TeaCache support for Step1X-Edit (June 2025), but that code is not in the
+# history this pack cites (v1.0 at 570eba6); the DiT is FLUX's architecture at FLUX's width.
 FLUX_COEFFICIENTS = (4.98651651e+02, -2.83781631e+02, 5.58554382e+01, -3.82021401e+00, 2.64230861e-01)
 # The same file's thresholds on FLUX: 0.25 ≈ 1.5×, 0.4 ≈ 1.8×, 0.6 ≈ 2.0×, 0.8 ≈ 2.25× faster. The default is
 # the most conservative; 0 turns the cache off.

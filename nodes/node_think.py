@@ -9,8 +9,8 @@ from comfy_api.latest import io
 
 from ..model.reasoning.thinker import MalformedAnswer, Thinker
 from ..model.vlm.image import image_tensor_to_pil
-from .runtime.common import CATEGORY, DEFAULT_SEED, MAX_SEED
 from .encoders.v12_vlm import V12VLM, SeededVLM, Step1XVLM
+from .runtime.common import CATEGORY, DEFAULT_SEED, MAX_SEED
 
 
 class Step1XThink(io.ComfyNode):

@@ -13,15 +13,15 @@ import torch
 from comfy_api.latest import io
 
 from ..model.dit.attention import BACKENDS
-from ..model.weights.checkpoint import CheckpointError
 from ..model.vlm.image import image_tensor_to_pil
 from ..model.vlm.v12_encode import encode_v12, vlm_source_image
+from ..model.weights.checkpoint import CheckpointError
+from .encoders.v12_vlm import V12VLM, Step1XVLM
+from .encoders.vlm_v12_hf import locate_v12_text_encoder
 from .runtime.common import CATEGORY, MAX_SIZE_LEVEL, MIN_SIZE_LEVEL, SIZE_LEVEL_STEP
 from .runtime.model_folders import HF_FOLDER_ROOT, find_model_folder, list_dit_folders, list_hf_folders
 from .runtime.model_loading import MODEL_FOLDER, WEIGHT_DTYPES, load_step1x_model
 from .runtime.v12_edit import V12_SIZE_LEVEL, to_conditioning
-from .encoders.v12_vlm import V12VLM, Step1XVLM
-from .encoders.vlm_v12_hf import locate_v12_text_encoder
 
 FROM_PIPELINE = "from pipeline"
 

@@ -18,11 +18,11 @@ from comfy_api.latest import io
 from ..model.dit.image_io import INPUT_RESAMPLE
 from ..model.vlm.image import image_tensor_to_pil, llm_grid_hw, resize_for_vlm
 from ..model.vlm.prompt import FLASH_PADDING_BY_RELEASE, MAX_LENGTH, Qwen25VLRunner, encode_prompt
-from .runtime.common import (CATEGORY, CONDITIONING_MARKER, DEFAULT_RELEASE, DEFAULT_RESIZE_FILTER, DEFAULT_SIZE_LEVEL,
-                     MAX_SIZE_LEVEL, MIN_SIZE_LEVEL, SIZE_LEVEL_STEP)
 from .encoders.managed_hf_model import managed_hf_runner
-from .runtime.model_folders import HF_CONFIG_FILE, HF_FOLDER_ROOT, find_model_folder, list_hf_folders
 from .encoders.vlm_hf import HFQwen25VL, check_hf_folder
+from .runtime.common import (CATEGORY, CONDITIONING_MARKER, DEFAULT_RELEASE, DEFAULT_RESIZE_FILTER, DEFAULT_SIZE_LEVEL,
+                             MAX_SIZE_LEVEL, MIN_SIZE_LEVEL, SIZE_LEVEL_STEP)
+from .runtime.model_folders import HF_CONFIG_FILE, HF_FOLDER_ROOT, find_model_folder, list_hf_folders
 
 NO_HF_FOLDER = "none"
 HF_ENCODER_SLOT = "VLM Encode HF folder"  # managed_hf_runner slot: one HF encoder in memory at a time

@@ -72,6 +72,8 @@ def link_tiny_weights(work_dir: Path, comfyui_dir: Path, base_dir: Path, python:
     Qwen2.5-VL from its single file (tests/tiny_models/tiny_clip_loader.py) in base_dir/custom_nodes."""
     link_models(tiny_weights(work_dir, comfyui_dir, python), base_dir / "models")
     plugin = base_dir / "custom_nodes" / TINY_CLIP_PLUGIN.name
+    if plugin.is_symlink() and plugin.resolve() != TINY_CLIP_PLUGIN.resolve():   # a link from an older checkout
+        plugin.unlink()
     if not plugin.exists():
         plugin.symlink_to(TINY_CLIP_PLUGIN)
 

@@ -28,7 +28,7 @@ KEPT_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 
 
 def convert(path: str) -> dict:
-    """The converted state dict of the DiT at ``path``; raises ``model.checkpoint.CheckpointError``."""
+    """The converted state dict of the DiT at ``path``; raises ``model.weights.checkpoint.CheckpointError``."""
     import torch
 
     from model.weights.checkpoint import (COMFY_FP8_FORMAT, COMFY_QUANT_SCALE_SUFFIX, QUANT_FORMAT_SUFFIX,

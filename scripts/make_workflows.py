@@ -97,7 +97,7 @@ def text_to_image_workflow() -> dict:
                   empty_latent=["5", 0], seed=42, steps=28, cfg=6.0, cfg_renorm="model default",
                   shift_schedule=True),
         "7": node("VAEDecode", "VAE Decode", samples=["6", 0], vae=["2", 0]),
-        "8": node("SaveImage", "Save Image", images=["7", 0], filename_prefix="step1x_t2i"),
+        "8": node("SaveImage", "Save Image", images=["7", 0], filename_prefix="step1x_text_to_image"),
     }
     prompt["4"]["inputs"].update(encoder_inputs(prompt, hf_folder=False))
     return dict(sorted(prompt.items()))

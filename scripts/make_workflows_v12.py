@@ -3,9 +3,9 @@
 
     python scripts/make_workflows_v12.py
 
-The UI-format twins (example_workflows/, with the v1.0/v1.1 ones) are made from these by the frontend (tests/integration/browser/export_ui.js), like the
-v1.0/v1.1 workflows of scripts/make_workflows.py. They live in their own folder because their graph
-(v1.2 loader, encoder and sampler, the reasoning node) is not the v1.1 one the other workflow tests edit.
+The UI-format twins go to example_workflows/ with the v1.0/v1.1 ones, made from these by the frontend
+(scripts/export_ui_workflows.sh). The API files live in their own folder because their graph (v1.2 loader,
+encoder and sampler, the reasoning node) is not the v1.1 one the other workflow tests edit.
 """
 from __future__ import annotations
 

@@ -60,11 +60,11 @@ def sample_per_branch(
     device: torch.device,
     callback: StepCallback | None = None,
 ) -> Tensor:
-    """:func:`model.sampling.denoise` with cond and uncond as separate DiT calls → final latent ``[B, 16, h, w]``.
+    """:func:`model.dit.sampling.denoise` with cond and uncond as separate DiT calls → final latent ``[B, 16, h, w]``.
 
     noise / ref_latent: ``[B, 16, h, w]`` in the model's latent scaling (ref_latent None: text-to-image);
     the B images share the branch texts (the fork's ``num_images_per_prompt``). Guidance is
-    renormalised on steps with ``t > renorm_threshold`` (:func:`model.sampling.guided_velocity`).
+    renormalised on steps with ``t > renorm_threshold`` (:func:`model.dit.sampling.guided_velocity`).
     """
     tokens = ImageTokens.prepare(noise, ref_latent, model.params.switches, 1, compute_dtype, device)
     branches = [branch.model_inputs(tokens.batch, device) for branch in (cond, uncond)]

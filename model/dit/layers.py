@@ -205,7 +205,7 @@ class DoubleStreamBlock(FusedEpilogues, nn.Module):
         self.txt_mlp = _mlp(hidden, mlp_hidden, dtype, device, operations)
 
     def forward(self, img: Tensor, txt: Tensor, vec: Tensor, pe: Tensor, attn=attention) -> tuple[Tensor, Tensor]:
-        """``attn`` computes the joint attention (:func:`model.attention.attention`, or a distributed one)."""
+        """``attn`` computes the joint attention (:func:`model.dit.attention.attention`, or a distributed one)."""
         img_shift1, img_scale1, img_gate1, img_shift2, img_scale2, img_gate2 = self.img_mod(vec)
         txt_shift1, txt_scale1, txt_gate1, txt_shift2, txt_scale2, txt_gate2 = self.txt_mod(vec)
         img_q, img_k, img_v = self.img_attn.qkv_heads(modulate(img, img_shift1, img_scale1))

@@ -6,7 +6,7 @@ are exchanged after every step; with sequence parallelism each rank holds a cont
 image tokens (noise + reference) and the full text, and attention swaps "all heads, my tokens" for
 "my heads, all tokens" with one all-to-all before and after (DeepSpeed-Ulysses). Text tokens are
 replicated, so their stream is computed on every rank. NCCL on GPUs, gloo on CPU; the schedule,
-guidance and Euler update are :func:`model.sampling.denoise`, so every rank holds the same latent.
+guidance and Euler update are :func:`model.dit.sampling.denoise`, so every rank holds the same latent.
 """
 from __future__ import annotations
 
@@ -113,7 +113,7 @@ def sample_parallel(
     plan: ParallelPlan,
     callback: StepCallback | None = None,
 ) -> Tensor:
-    """:func:`model.sampling.sample` spread over the ranks of ``plan``; every rank returns the latent."""
+    """:func:`model.dit.sampling.sample` spread over the ranks of ``plan``; every rank returns the latent."""
     num_heads = model.params.dit.num_heads
     if num_heads % plan.sp_degree:
         raise ValueError(f"sequence parallelism over {plan.sp_degree} ranks needs the head count ({num_heads}) "

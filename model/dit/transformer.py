@@ -54,7 +54,7 @@ class Step1XEdit(nn.Module):
 
     def set_fused_epilogues(self, fuse: bool | None) -> None:
         """Fused GEMM epilogues in every block: None = on NVIDIA GPUs (default), True / False = forced
-        (:class:`model.layers.FusedEpilogues`)."""
+        (:class:`model.dit.layers.FusedEpilogues`)."""
         for block in [*self.double_blocks, *self.single_blocks]:
             block.fuse_epilogues = fuse
 
@@ -90,7 +90,7 @@ class Step1XEdit(nn.Module):
     def stack(self, img: Tensor, txt: Tensor, vec: Tensor, pe: Tensor, attn=attention) -> Tensor:
         """The 19 + 38 blocks without the final layer: image tokens ``[B, N_img, H]`` → ``[B, N_img, H]``.
 
-        ``attn`` is the joint attention (sequence-parallel runs pass :func:`model.parallel.ulysses_attention`).
+        ``attn`` is the joint attention (sequence-parallel runs pass :func:`model.dit.parallel.ulysses_attention`).
         """
         for block in self.double_blocks:
             img, txt = block(img, txt, vec, pe, attn)

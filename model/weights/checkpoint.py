@@ -3,7 +3,7 @@
 Safetensors only (pickle can run code). The header is read first, so a wrong or truncated file is
 reported before any tensor is read; tensors are then streamed one at a time and converted on the way
 (official layout: the module paths of ``modules/model_edit.py`` ``Step1XEdit``; diffusers layout: the fork's
-``scripts/convert_step1x_edit_to_diffusers.py``; the version is read from the keys, see :mod:`model.params`).
+``scripts/convert_step1x_edit_to_diffusers.py``; the version is read from the keys, see :mod:`model.dit.params`).
 """
 from __future__ import annotations
 

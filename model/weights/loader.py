@@ -3,7 +3,7 @@ diffusers fork's transformer layout). Unlike the official ``load_state_dict(stri
 a missing or unexpected key is an error.
 
 The DiT is one file (official or diffusers key layout, any prefix) or a diffusers ``transformer/``
-folder of shards (:mod:`model.checkpoint_folder`). :func:`inspect_checkpoint` reads only the headers:
+folder of shards (:mod:`model.weights.checkpoint_folder`). :func:`inspect_checkpoint` reads only the headers:
 layout, version (v1.0 / v1.1 / v1.2, from the keys), configuration, completeness.
 :func:`build_step1x_dit` then builds the model it describes on the ``meta`` device and fills it with
 ``load_state_dict(strict=True, assign=True)`` from tensors streamed out of the files and converted
@@ -24,21 +24,13 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from .checkpoint import (
-    FP8_DTYPES,
-    CheckpointError,
-    CheckpointLayout,
-    TensorRecord,
-    detect_layout,
-    is_scale_key,
-    quantize_fp8,
-    read_scales,
-)
-from .checkpoint_folder import read_headers, resolve_dit_files
-from ..dit.transformer import Step1XEdit
-from .key_map import DIFFUSERS_BLOCK_STACKS, Source, group_official, identity_sources
 from ..dit.layers import is_linear
 from ..dit.params import V10_ONLY_KEY, DiTParams, Step1XParams, block_indices, detect_params, with_version
+from ..dit.transformer import Step1XEdit
+from .checkpoint import (FP8_DTYPES, CheckpointError, CheckpointLayout, TensorRecord, detect_layout, is_scale_key,
+                         quantize_fp8, read_scales)
+from .checkpoint_folder import read_headers, resolve_dit_files
+from .key_map import DIFFUSERS_BLOCK_STACKS, Source, group_official, identity_sources
 
 logger = logging.getLogger(__name__)
 

@@ -1,9 +1,9 @@
 """Route 2: Qwen2.5-VL from a Hugging Face folder, run through transformers (``Qwen2_5_VLForConditionalGeneration``;
 checked with transformers 5.x).
 
-The image is sized and patchified by the pack (``model.vlm_image``): transformers 5's processor
+The image is sized and patchified by the pack (``model.vlm.image``): transformers 5's processor
 resizes differently from the 4.49 one the reference used. Positions are computed by the pack
-(``model.vlm_prompt.mrope_positions``) and passed in, which also fixes transformers 5's text-only
+(``model.vlm.prompt.mrope_positions``) and passed in, which also fixes transformers 5's text-only
 positions when ``mm_token_type_ids`` is missing; ``mm_token_type_ids`` is passed as well.
 """
 from __future__ import annotations

@@ -91,7 +91,7 @@ def sample_step1x(model, positive: list, negative: list, reference: torch.Tensor
     reference: raw latent ``[B or 1, 16, h, w]`` or None; positive / negative: Step1X CONDITIONING. The
     model runs with the official schedule for this size (``shift``) and its model sampling, so wrappers that
     read percentages (EasyCache, LazyCache) see the steps the sampler takes.
-    Raises ``model.sampling.NonFiniteResult`` when the result holds NaN or ±inf.
+    Raises ``model.dit.sampling.NonFiniteResult`` when the result holds NaN or ±inf.
     """
     _, _, latent_h, latent_w = noise.shape
     patcher = model.clone()

@@ -56,8 +56,9 @@ def run_compiled_or_eager(net, run: Callable[[], torch.Tensor], backend: str | C
         with torch.compiler.set_stance("force_eager"):
             return run()
     if not settings.blocks_compiled:
+        dynamic = False if has_tensor_subclass_weights(net) else None
         for block in [*net.double_blocks, *net.single_blocks]:
-            block.compile(backend=backend, dynamic=False if has_tensor_subclass_weights(net) else None)
+            block.compile(backend=backend, dynamic=dynamic)
         settings.blocks_compiled = True
     try:
         return run()

@@ -1,6 +1,6 @@
 """Loading a Step1X-Edit DiT file into ComfyUI: the MODEL (a ModelPatcher over the native Step1X model of
-nodes/runtime/native_model.py, which holds model.dit.Step1XEdit as its diffusion model), for Load Step1X Model and
-the v1.2 loader.
+nodes/runtime/native_model.py, which holds model.dit.transformer.Step1XEdit as its diffusion model), for
+Load Step1X Model and the v1.2 loader.
 
 The network is built with ComfyUI's operations (comfy.ops.pick_operations: manual_cast when the
 weight dtype is not the compute dtype; for fp8 weights the fp8 layers of this ComfyUI, chosen in

@@ -1,7 +1,7 @@
 """Step1X-Edit as a native ComfyUI model, shaped like core's edit models (``comfy/model_base.py`` ``Flux``
 with Kontext's ``reference_latents``, ``QwenImage``), so core samplers, guiders, wrappers and patches run it.
 
-* :class:`Step1XDiffusion`: ``model.dit.Step1XEdit`` with ComfyUI's diffusion-model call
+* :class:`Step1XDiffusion`: ``model.dit.transformer.Step1XEdit`` with ComfyUI's diffusion-model call
   ``(x [B, 16, h, w], timesteps [B], context, transformer_options, **conds)`` → velocity ``[B, 16, h, w]``,
   run through ``WrappersMP.DIFFUSION_MODEL`` as ``comfy/ldm/flux/model.py`` ``Flux.forward`` does (EasyCache
   attaches there). It packs the latent into 2×2 tokens, appends the reference tokens and the ids, and runs
@@ -26,9 +26,9 @@ import comfy.supported_models_base
 import torch
 
 from ...model.dit.attention import set_attention_backend
-from ...model.dit.transformer import Step1XEdit
 from ...model.dit.sampling import (PATCH, PIXELS_PER_TOKEN, get_schedule, pack_latent, schedule_shift, sequence_ids,
-                              unpack_latent)
+                                   unpack_latent)
+from ...model.dit.transformer import Step1XEdit
 from .common import (CONDITIONING_MARKER, DEFAULT_SIZE_LEVEL, FLUX_LATENT_CHANNELS, TEXT_EMBEDS_KEY, TEXT_MASK_KEY,
                      TXT_IDS_KEY, V12_RELEASE)
 from .dit_runtime import DiTRunSettings, run_compiled_or_eager

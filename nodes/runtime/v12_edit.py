@@ -15,10 +15,10 @@ from ...model.dit.params import VERSIONS
 from ...model.dit.sampling import LATENT_CHANNELS
 from ...model.vlm.image import pil_to_image_tensor
 from ...model.vlm.v12_encode import V12Encoding, encode_v12, vlm_source_image
+from ..encoders.v12_vlm import V12VLM
 from .cfg_guider import sample_step1x
 from .common import CONDITIONING_MARKER, TEXT_EMBEDS_KEY, TEXT_MASK_KEY, TXT_IDS_KEY, V12_RELEASE
 from .native_model import is_step1x_model, needs_v12_model_message
-from ..encoders.v12_vlm import V12VLM
 
 V12_SIZE_LEVEL = 1024  # the v1.2 pipeline's default size_level (``Step1XEditPipelineV1P2.__call__``)
 

@@ -19,7 +19,6 @@ from workflow_files import EXAMPLES_DIR, PHOTO_SIZE, TEST_SIZE_LEVEL, TEST_STEPS
 
 from tests.environment import TINY_MODELS_DIR
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 GENERATOR = TINY_MODELS_DIR / "make_tiny_v12.py"
 PIPELINE = "Step1X-Edit-v1p2"
 STOCK_QWEN = "Qwen2.5-VL-7B-Instruct"   # the tiny stock Qwen of the v1.0/v1.1 workflows, in text_encoders/

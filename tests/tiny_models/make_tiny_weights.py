@@ -36,7 +36,7 @@ DEFAULT_COMFYUI = REPO_ROOT / ".work" / "ComfyUI"
 DEFAULT_TINY_VLM = REPO_ROOT / "tests" / "fixtures" / "golden" / "vlm" / "tiny-qwen25vl"
 
 # Tiny DiT: head dim 32 = sum of axes; connector input = the tiny Qwen2.5-VL hidden size (16).
-# Connector heads 1 and axes (4, 14, 14) are what model.params.detect_params infers for these shapes.
+# Connector heads 1 and axes (4, 14, 14) are what model.dit.params.detect_params infers for these shapes.
 TINY_CONFIG = {
     "dit": {"in_channels": 64, "out_channels": 64, "vec_in_dim": 768, "context_in_dim": 32,
             "hidden_size": 64, "mlp_ratio": 4.0, "num_heads": 2, "depth": 1, "depth_single_blocks": 1,

@@ -36,6 +36,7 @@ def test_pipeline_benchmark_refuses_fp8_rows_where_comfyui_has_no_scaled_fp8_ops
 
     monkeypatch.setattr(sys, "argv", ["bench_pipeline.py", "--comfyui", str(COMFYUI_DIR), "--out", str(tmp_path),
                                       "--parts", "dit", "--weights", "fp8"])
+    monkeypatch.setattr(sys, "path", list(sys.path))   # main() puts ComfyUI first; later tests spawn processes
     if hasattr(comfy.ops, "scaled_fp8_ops"):
         monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: (_ for _ in ()).throw(RuntimeError("GPU run")))
         with pytest.raises(RuntimeError, match="GPU run"):   # past the check: the run starts
@@ -45,8 +46,8 @@ def test_pipeline_benchmark_refuses_fp8_rows_where_comfyui_has_no_scaled_fp8_ops
         with pytest.raises(SystemExit):
             bench_pipeline.main()
         assert "no comfy.ops.scaled_fp8_ops" in capsys.readouterr().err
-    args = type("Args", (), {"weights": "bf16", "parts": ["dit", "vae"]})
-    assert bench_pipeline.fp8_refusal(args) is None
+    for weights, parts in (("bf16", ["dit", "vae"]), ("fp8", ["vlm", "vae"])):   # no fp8 row asked for
+        assert bench_pipeline.fp8_refusal(type("Args", (), {"weights": weights, "parts": parts})) is None
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float8_e4m3fn])
@@ -71,15 +72,16 @@ def test_vram_benchmark_runs_only_the_parts_asked_for():
 def test_vram_benchmark_reuses_whole_scratch_files_only(tmp_path, monkeypatch):
     from benchmarks import bench_vram_budgets
 
-    (tmp_path / "step1x-edit-v1p1-random.safetensors").write_text("whole")
-    (tmp_path / "step1x-edit-v1p1-random-fp8.safetensors.part").write_text("cut off")
+    (tmp_path / "step1x-edit-v1p1-random-tiny.safetensors").write_text("whole")
+    (tmp_path / "step1x-edit-v1p1-random-tiny-fp8.safetensors.part").write_text("cut off")
+    (tmp_path / "step1x-edit-v1p1-random-full-fp8.safetensors").write_text("a full-size run's file")
     monkeypatch.setattr(bench_vram_budgets, "_random_state", lambda *a, **k: pytest.fail("files were rewritten"))
     with pytest.raises(pytest.fail.Exception):   # the fp8 file is not whole: both are written again
         bench_vram_budgets.write_dit_files(tmp_path, True, torch.device("cpu"))
-    (tmp_path / "step1x-edit-v1p1-random-fp8.safetensors").write_text("whole")
+    (tmp_path / "step1x-edit-v1p1-random-tiny-fp8.safetensors").write_text("whole")
     files = bench_vram_budgets.write_dit_files(tmp_path, True, torch.device("cpu"))
-    assert files == {"bf16": str(tmp_path / "step1x-edit-v1p1-random.safetensors"),
-                     "fp8": str(tmp_path / "step1x-edit-v1p1-random-fp8.safetensors")}
+    assert files == {"bf16": str(tmp_path / "step1x-edit-v1p1-random-tiny.safetensors"),
+                     "fp8": str(tmp_path / "step1x-edit-v1p1-random-tiny-fp8.safetensors")}
 
 
 def test_server_benchmark_queues_each_size_level_twice_with_new_seeds_and_the_loader_settings(tmp_path):

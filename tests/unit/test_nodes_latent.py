@@ -85,7 +85,8 @@ def test_a_non_finite_latent_is_refused_before_decoding_with_the_causes(latent_n
             CountingVAE.decoded += 1
             return super().decode(samples)
 
-    with pytest.raises(sampling.NonFiniteResult, match="latent to decode holds NaN or infinite values.*damaged weights"):
+    with pytest.raises(sampling.NonFiniteResult,
+                       match="latent to decode holds NaN or infinite values.*damaged weights"):
         latent_nodes.Step1XUnpackDecode.execute({"samples": samples}, CountingVAE(), "original")
     assert CountingVAE.decoded == 0
 

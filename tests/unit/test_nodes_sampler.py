@@ -191,7 +191,8 @@ def test_quantized_weight_tensors_compile_with_static_shapes(runtime, monkeypatc
     assert dynamic_args == [None] * blocks   # plain weights: torch's automatic dynamic shapes
 
     weight = net.final_layer.linear.weight
-    net.final_layer.linear.weight = torch.nn.Parameter(weight.detach().as_subclass(QuantizedStandIn), requires_grad=False)
+    net.final_layer.linear.weight = torch.nn.Parameter(weight.detach().as_subclass(QuantizedStandIn),
+                                                       requires_grad=False)
     assert runtime.has_tensor_subclass_weights(net)
     net.run_settings.blocks_compiled, dynamic_args[:] = False, []
     runtime.run_compiled_or_eager(net, run, backend="eager")

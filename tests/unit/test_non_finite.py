@@ -1,7 +1,7 @@
 """A result with NaN or ±inf stops the sampler with the likely causes instead of decoding to a black image.
 
 Every sampling path (one CFG batch, one call per branch, several GPUs) goes through
-``model.sampling.denoise``, which checks the latent once at the end.
+``model.dit.sampling.denoise``, which checks the latent once at the end.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The v1.2 runtime inside ComfyUI (no server; nodes/runtime/v12_edit.py, nodes/encoders/v12_vlm.py,
 nodes/runtime/model_folders.py): conditioning round trip, the v1.2 pixel paths, DiT folder listing, the seeded
-VLM adapter, and a two-try reasoning edit through the real v1.2 editor (tiny DiT and VLM from tests/tiny_models/make_tiny_v12.py, a
-stand-in VAE, scripted judge answers)."""
+VLM adapter, and a two-try reasoning edit through the real v1.2 editor (tiny DiT and VLM from
+tests/tiny_models/make_tiny_v12.py, a stand-in VAE, scripted judge answers)."""
 from __future__ import annotations
 
 import subprocess

@@ -1,7 +1,7 @@
 """v1.2 DiT, loader and sampling against the diffusers-layout golden sets (golden ``v1_2/``).
 
 Configs, inputs and tolerances come from each set's manifest; the diffusers config names are mapped
-onto :class:`model.params.DiTParams` here.
+onto :class:`model.dit.params.DiTParams` here.
 """
 from __future__ import annotations
 
