@@ -12,9 +12,8 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from .runtime.cfg_guider import Step1XGuidance, with_reference
-from .runtime.common import (CATEGORY, RENORM_CHOICES, RENORM_MODEL_DEFAULT, RENORM_TOOLTIP, check_latent,
-                             renorm_threshold, warn_on_resize_mismatch)
-from .runtime.native_model import check_conditioning, is_step1x_model, noise_tokens, step1x_model_sampling
+from .runtime.common import CATEGORY, RENORM_CHOICES, RENORM_MODEL_DEFAULT, RENORM_TOOLTIP, renorm_threshold
+from .runtime.native_model import check_conditioning, noise_tokens, sampling_latent, step1x_model_sampling
 
 
 class Step1XCoreSamplerSetup(io.ComfyNode):
@@ -51,17 +50,8 @@ class Step1XCoreSamplerSetup(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, negative, cfg_renorm: str, shift_schedule: bool, ref_latent: dict | None = None,
                 empty_latent: dict | None = None) -> io.NodeOutput:
-        if not is_step1x_model(model):
-            raise ValueError("this MODEL is not a Step1X-Edit model: load it with the 'Load Step1X Model' node.")
-        if (ref_latent is None) == (empty_latent is None):
-            raise ValueError("connect exactly one of ref_latent (editing, from Pack Ref Latent) and empty_latent "
-                             "(text-to-image, from EmptySD3LatentImage).")
+        latent, is_edit = sampling_latent(model, ref_latent, empty_latent)
         net = model.model.diffusion_model
-        is_edit = ref_latent is not None
-        latent = (ref_latent if is_edit else empty_latent)["samples"]
-        check_latent(latent, "reference" if is_edit else "empty")
-        if is_edit:
-            warn_on_resize_mismatch(ref_latent, net.params)
         for role, conditioning in (("positive", positive), ("negative", negative)):
             for embedding, options in conditioning:
                 check_conditioning(net, embedding, options, role, is_edit)

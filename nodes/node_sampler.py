@@ -17,8 +17,8 @@ from ..model.dit.sampling import make_noise
 from .runtime.cfg_guider import sample_step1x
 from .runtime.common import (CATEGORY, CONDITIONING_MARKER, DEFAULT_CFG, DEFAULT_SEED, DEFAULT_STEPS, MAX_SEED,
                              MAX_STEPS, ORIGINAL_SIZE_KEY, OUTPUT_ROUNDING_KEY, RENORM_CHOICES, RENORM_MODEL_DEFAULT,
-                             RENORM_TOOLTIP, check_latent, renorm_threshold, warn_on_resize_mismatch)
-from .runtime.native_model import check_conditioning, is_step1x_model, not_step1x_message
+                             RENORM_TOOLTIP, renorm_threshold)
+from .runtime.native_model import check_conditioning, not_step1x_message, sampling_latent
 
 logger = logging.getLogger(__name__)
 
@@ -104,18 +104,9 @@ class Step1XSampler(io.ComfyNode):
     def execute(cls, model, positive, negative, seed: int, steps: int, cfg: float, cfg_renorm: str,
                 shift_schedule: bool, ref_latent: dict | None = None, empty_latent: dict | None = None
                 ) -> io.NodeOutput:
-        if not is_step1x_model(model):
-            raise ValueError("this MODEL is not a Step1X-Edit model: load it with the 'Load Step1X Model' node.")
-        if (ref_latent is None) == (empty_latent is None):
-            raise ValueError("connect exactly one of ref_latent (editing, from Pack Ref Latent) and empty_latent "
-                             "(text-to-image, from EmptySD3LatentImage).")
+        latent, is_edit = sampling_latent(model, ref_latent, empty_latent)
         net = model.model.diffusion_model
         params = net.params
-        is_edit = ref_latent is not None
-        latent = (ref_latent if is_edit else empty_latent)["samples"]
-        check_latent(latent, "reference" if is_edit else "empty")
-        if is_edit:
-            warn_on_resize_mismatch(ref_latent, params)
         embeddings = {}
         for role, conditioning in (("positive", positive), ("negative", negative)):
             embeddings[role], options = single_conditioning(conditioning, role)

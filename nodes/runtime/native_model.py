@@ -30,7 +30,7 @@ from ...model.dit.sampling import (PATCH, PIXELS_PER_TOKEN, get_schedule, pack_l
                                    unpack_latent)
 from ...model.dit.transformer import Step1XEdit
 from .common import (CONDITIONING_MARKER, DEFAULT_SIZE_LEVEL, FLUX_LATENT_CHANNELS, TEXT_EMBEDS_KEY, TEXT_MASK_KEY,
-                     TXT_IDS_KEY, V12_RELEASE)
+                     TXT_IDS_KEY, V12_RELEASE, check_latent, warn_on_resize_mismatch)
 from .dit_runtime import DiTRunSettings, run_compiled_or_eager
 
 # Core's conditioning key for edit references (comfy_extras/nodes_edit_model.py ReferenceLatent;
@@ -181,6 +181,22 @@ def not_step1x_message(role: str) -> str:
 def needs_v12_model_message(version: str) -> str:
     return (f"this MODEL is {version}; v1.2 conditioning needs the Step1X-Edit v1.2 DiT ('Load Step1X-Edit v1.2' or a "
             "v1.2 diffusers file in 'Load Step1X Model').")
+
+
+def sampling_latent(model, ref_latent: dict | None, empty_latent: dict | None) -> tuple[torch.Tensor, bool]:
+    """The latent a Step1X sampling node runs on and whether it edits (a reference) or generates (an empty
+    latent for text-to-image), after the checks both sampling nodes make (ValueError naming the fix)."""
+    if not is_step1x_model(model):
+        raise ValueError("this MODEL is not a Step1X-Edit model: load it with the 'Load Step1X Model' node.")
+    if (ref_latent is None) == (empty_latent is None):
+        raise ValueError("connect exactly one of ref_latent (editing, from Pack Ref Latent) and empty_latent "
+                         "(text-to-image, from EmptySD3LatentImage).")
+    is_edit = ref_latent is not None
+    latent = (ref_latent if is_edit else empty_latent)["samples"]
+    check_latent(latent, "reference" if is_edit else "empty")
+    if is_edit:
+        warn_on_resize_mismatch(ref_latent, model.model.diffusion_model.params)
+    return latent, is_edit
 
 
 def check_conditioning(net: Step1XDiffusion, embedding: torch.Tensor, options: dict, role: str,

@@ -23,6 +23,11 @@ def sampler():
 
 
 @pytest.fixture(scope="module")
+def common():
+    return import_node_module("nodes.runtime.common")
+
+
+@pytest.fixture(scope="module")
 def runtime():
     return import_node_module("nodes.runtime.dit_runtime")
 
@@ -69,9 +74,9 @@ def test_official_cfg_is_accepted(sampler):
 
 
 @pytest.mark.parametrize("shape, words", [((1, 4, 8, 8), "FLUX latents"), ((1, 16, 7, 8), "even")])
-def test_latents_that_do_not_pack_are_refused(sampler, shape, words):
+def test_latents_that_do_not_pack_are_refused(common, shape, words):
     with pytest.raises(ValueError, match=words):
-        sampler.check_latent(torch.zeros(shape), "reference")
+        common.check_latent(torch.zeros(shape), "reference")
 
 
 def _tiny_sampling_run(runtime):
@@ -211,12 +216,12 @@ def test_release_mismatch_is_logged(sampler, caplog):
     ("v1.2", "lanczos", True), ("v1.2", "bilinear-antialias", False), ("v1.1", "bicubic", True),
     ("v1.1", "lanczos", False), ("v1.0", "bicubic", False), ("v1.2", None, False),
 ])
-def test_resize_filter_mismatch_is_logged_with_the_fix(sampler, caplog, version, used, warned):
+def test_resize_filter_mismatch_is_logged_with_the_fix(common, caplog, version, used, warned):
     params = import_node_module("model.dit.params").Step1XParams(version=version)
     latent = {"samples": torch.zeros(1, 16, 4, 4)}
     if used:
         latent["step1x_resize_filter"] = used
-    sampler.warn_on_resize_mismatch(latent, params)
+    common.warn_on_resize_mismatch(latent, params)
     expected = params.switches.input_resize
     assert (f"resized with {used} but Step1X-Edit {version} resizes with {expected}" in caplog.text) == warned
     assert (f"set Pack Ref Latent's resize_filter to {expected}" in caplog.text) == warned
